@@ -1,0 +1,373 @@
+"""Datasets, transforms and normalisation statistics shared by every stage.
+
+Formats (``--dataset``):
+- ``folder`` (default), ``ferplus``, ``affectnet``: ImageFolder layout ``ROOT/<class>/*.png|jpg``;
+  ferplus/affectnet additionally check the class names against their canonical lists
+  (utils/labels.py; tools/prepare_ferplus.py and tools/prepare_affectnet.py write this layout).
+- ``rafdb``: the RAF-DB basic list-file layout, ROOT holding ``EmoLabel/list_patition_label.txt``
+  and ``Image/aligned/<name>_aligned.jpg``; the train split is the ``train_*`` lines, eval/test the
+  ``test_*`` lines; official labels 1..7 are mapped onto the sorted class names.
+- ``fer2013``: a FER2013-format CSV (``emotion``, ``pixels`` of 48x48 grey, optional ``Usage``,
+  optional ``Valence``/``Arousal``/``Dominance``); with a ``Usage`` column the train split is
+  ``Training``, eval ``PublicTest``, test ``PrivateTest``; without one the file is the split.
+  Grey is replicated to three channels.
+
+Every dataset yields dicts ``{"image", "label", "index"}`` (plus ``"vad"`` when asked for), has
+``classes`` (sorted names; labels index into them), ``targets`` and ``relpath(i)``.
+"""
+import hashlib
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, default_collate
+from torchvision import transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from utils import distributed as du
+from utils.errors import UserError
+from utils.labels import CLASSES_7, CLASSES_8, FER2013_CODES, RAFDB_CODES, code_to_label
+
+DATASETS = ("folder", "rafdb", "fer2013", "ferplus", "affectnet")
+SPLITS = ("train", "eval", "test")
+VAD_COLUMNS = ("Valence", "Arousal", "Dominance")
+RAFDB_LIST = os.path.join("EmoLabel", "list_patition_label.txt")
+RAFDB_IMAGES = os.path.join("Image", "aligned")
+FER2013_USAGE = {"train": "Training", "eval": "PublicTest", "test": "PrivateTest"}
+
+
+# --------------------------------------------------------------------------- transforms
+def resize_size(input_size):
+    """The resize before the crop, scaled like 256 -> 224."""
+    return int(round(input_size * 256 / 224))
+
+
+def build_transform(is_train, input_size, mean, std):
+    """METHOD.md's transforms: Resize(256) -> RandomCrop(224) -> flip, or Resize -> CenterCrop."""
+    crop = [transforms.RandomCrop(input_size), transforms.RandomHorizontalFlip()] if is_train \
+        else [transforms.CenterCrop(input_size)]
+    return transforms.Compose([transforms.Resize(resize_size(input_size)), *crop, transforms.ToTensor(),
+                               transforms.Normalize(mean, std)])
+
+
+# --------------------------------------------------------------------------- datasets
+class FaceDataset(Dataset):
+    """Base class: subclasses fill ``samples`` [(path relative to root, label)] and ``classes``."""
+
+    name = "faces"
+
+    def __init__(self, root, classes, samples, transform=None, skip_bad_images=False, vad=None):
+        if not samples:
+            raise UserError(f"{root} holds no images for this split; check --data_path / --dataset.")
+        self.root = root
+        self.classes = list(classes)
+        self.samples = samples
+        self.targets = [label for _, label in samples]
+        self.transform = transform
+        self.skip_bad_images = skip_bad_images
+        self.vad = vad  # float32 array N x 3, or None
+
+    def __len__(self):
+        return len(self.samples)
+
+    def relpath(self, index):
+        return str(self.samples[index][0])
+
+    def describe(self, index):
+        return os.path.join(self.root, self.relpath(index))
+
+    def _load(self, index):
+        return Image.open(os.path.join(self.root, self.samples[index][0]))
+
+    def load_image(self, index):
+        """The PIL RGB image of sample ``index``; an unreadable file is a UserError naming it."""
+        try:
+            image = self._load(index)
+            image.load()
+            return image.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+            raise UserError(f"cannot read image {self.describe(index)} ({exc}); fix or remove it, or pass "
+                            f"--skip_bad_images to skip unreadable images.") from None
+
+    def __getitem__(self, index):
+        try:
+            image = self.load_image(index)
+        except UserError:
+            if self.skip_bad_images:
+                return None
+            raise
+        if self.transform is not None:
+            image = self.transform(image)
+        item = {"image": image, "label": self.targets[index], "index": index}
+        if self.vad is not None:
+            item["vad"] = torch.from_numpy(self.vad[index])
+        return item
+
+    def fingerprint(self):
+        """A short hash of what the split holds, for caches and for matching stage artefacts."""
+        h = hashlib.sha1()
+        h.update(json.dumps(self.classes).encode())
+        for ref, label in self.samples:
+            h.update(f"{ref}\t{label}\n".encode())
+        return h.hexdigest()[:16]
+
+
+class FolderFaces(FaceDataset):
+    """ImageFolder layout, through torchvision's own folder scanning."""
+
+    name = "folder"
+    expected_classes = None
+
+    def __init__(self, root, transform=None, skip_bad_images=False):
+        if not os.path.isdir(root):
+            raise UserError(f"data folder {root} does not exist; put the class folders there or pass "
+                            f"--data_path (see README, 'Data').")
+        try:
+            classes, class_to_idx = find_classes(root)
+            found = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS)
+        except FileNotFoundError as exc:
+            raise UserError(f"{root}: {exc}; every class folder needs at least one image.") from None
+        if self.expected_classes is not None and classes not in self.expected_classes:
+            options = " or ".join(str(c) for c in self.expected_classes)
+            raise UserError(f"{root} has class folders {classes}, but --dataset {self.name} expects {options}.")
+        samples = [(os.path.relpath(path, root), label) for path, label in found]
+        super().__init__(root, classes, samples, transform, skip_bad_images)
+
+
+class FerPlusFaces(FolderFaces):
+    name = "ferplus"
+    expected_classes = (CLASSES_8, CLASSES_7)
+
+
+class AffectNetFaces(FolderFaces):
+    name = "affectnet"
+    expected_classes = (CLASSES_8, CLASSES_7)
+
+
+class RafDbList(FaceDataset):
+    """RAF-DB basic list-file layout (labels 1..7 mapped onto CLASSES_7)."""
+
+    name = "rafdb"
+
+    def __init__(self, root, split, transform=None, skip_bad_images=False):
+        list_file = os.path.join(root, RAFDB_LIST)
+        if not os.path.isfile(list_file):
+            raise UserError(f"{list_file} not found; --dataset rafdb expects the RAF-DB basic folder "
+                            f"(EmoLabel/ and Image/aligned/), or convert it with tools/prepare_rafdb.py.")
+        to_label = code_to_label(RAFDB_CODES, CLASSES_7)
+        prefix = "train" if split == "train" else "test"
+        samples = []
+        with open(list_file) as handle:
+            for lineno, line in enumerate(handle, 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) not in to_label:
+                    raise UserError(f"{list_file} line {lineno} is not '<name>.jpg <label 1..7>': {line.strip()!r}.")
+                name, code = parts
+                if name.startswith(prefix):
+                    stem, ext = os.path.splitext(name)
+                    samples.append((os.path.join(RAFDB_IMAGES, f"{stem}_aligned{ext}"), to_label[int(code)]))
+        super().__init__(root, CLASSES_7, samples, transform, skip_bad_images)
+
+
+class Fer2013Csv(FaceDataset):
+    """FER2013-format CSV: 48x48 grey faces in a ``pixels`` column, labels mapped onto CLASSES_7."""
+
+    name = "fer2013"
+
+    def __init__(self, csv_path, split, transform=None, skip_bad_images=False, vad=False, skip_missing_vad=False):
+        if not os.path.isfile(csv_path):
+            raise UserError(f"FER2013 CSV {csv_path} not found; pass the file with --data_path "
+                            f"(and --eval_data_path / --test_data_path).")
+        try:
+            frame = pd.read_csv(csv_path)
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+            raise UserError(f"{csv_path} is not a readable CSV ({exc}).") from None
+        missing = [c for c in ("emotion", "pixels") if c not in frame.columns]
+        if vad:
+            missing += [c for c in VAD_COLUMNS if c not in frame.columns]
+        if missing:
+            raise UserError(f"{csv_path} lacks the column(s) {', '.join(missing)}; a FER2013 CSV has "
+                            f"emotion, pixels[, Usage]{', Valence, Arousal, Dominance' if vad else ''}.")
+        frame["row"] = np.arange(len(frame)) + 2  # the line number a user sees in an editor
+        if "Usage" in frame.columns:
+            frame = frame[frame["Usage"] == FER2013_USAGE[split]]
+        bad = frame[~frame["emotion"].isin(list(FER2013_CODES))]
+        if len(bad):
+            raise UserError(f"{csv_path} line {bad['row'].iloc[0]} has emotion {bad['emotion'].iloc[0]!r}; "
+                            f"FER2013 labels are 0..6.")
+        self.skipped_rows = 0
+        if vad:
+            values = frame[list(VAD_COLUMNS)].apply(pd.to_numeric, errors="coerce")
+            holes = values.isna().any(axis=1)
+            if holes.any():
+                if not skip_missing_vad:
+                    raise UserError(f"{csv_path} line {frame['row'][holes].iloc[0]} has no valid Valence/Arousal/"
+                                    f"Dominance; fill it in or pass --skip_missing_vad to drop such rows.")
+                self.skipped_rows = int(holes.sum())
+                frame, values = frame[~holes], values[~holes]
+        self.csv_path = csv_path
+        self.pixels = list(frame["pixels"])
+        self.rows = list(frame["row"])
+        to_label = code_to_label(FER2013_CODES, CLASSES_7)
+        samples = [(f"row{row}", to_label[int(code)]) for row, code in zip(self.rows, frame["emotion"])]
+        vad_array = values.to_numpy(np.float32) if vad else None
+        super().__init__(csv_path, CLASSES_7, samples, transform, skip_bad_images, vad_array)
+
+    def describe(self, index):
+        return f"{self.csv_path} line {self.rows[index]}"
+
+    def _load(self, index):
+        values = np.array(str(self.pixels[index]).split(), dtype=np.float32)
+        if values.size != 48 * 48 or values.min() < 0 or values.max() > 255:
+            raise ValueError("pixels is not 2304 values in 0..255")
+        return Image.fromarray(values.reshape(48, 48).astype(np.uint8), mode="L")
+
+
+def build_dataset(kind, path, split, transform=None, skip_bad_images=False, vad=False, skip_missing_vad=False):
+    """The dataset of one split (``train``, ``eval`` or ``test``) in the format ``kind``."""
+    if vad and kind != "fer2013":
+        raise UserError("--vad needs VAD labels, which only the FER2013-format CSV carries; pass --dataset fer2013.")
+    if kind == "fer2013":
+        return Fer2013Csv(path, split, transform, skip_bad_images, vad, skip_missing_vad)
+    if kind == "rafdb":
+        return RafDbList(path, split, transform, skip_bad_images)
+    folder = {"folder": FolderFaces, "ferplus": FerPlusFaces, "affectnet": AffectNetFaces}.get(kind)
+    if folder is None:
+        raise UserError(f"--dataset {kind} is not one of {', '.join(DATASETS)}.")
+    return folder(path, transform, skip_bad_images)
+
+
+def check_same_classes(train_set, other_set, what):
+    if other_set.classes != train_set.classes:
+        raise UserError(f"the {what} split has classes {other_set.classes} but the training split has "
+                        f"{train_set.classes}; both need the same class folders.")
+
+
+# --------------------------------------------------------------------------- loading
+def collate_skip_none(batch):
+    """default_collate after dropping samples that --skip_bad_images turned into None.
+
+    The number dropped travels as ``batch["skipped"]``; an all-bad batch becomes ``{"skipped": n}``.
+    """
+    kept = [item for item in batch if item is not None]
+    out = default_collate(kept) if kept else {}
+    out["skipped"] = len(batch) - len(kept)
+    return out
+
+
+def make_loader(dataset, batch_size, sampler=None, shuffle=False, drop_last=False, num_workers=4,
+                device=None, persistent_workers=False, generator=None):
+    """A DataLoader with the repository's conventions (pinned memory on CUDA, prefetch, collate).
+
+    A loader without its own ``generator`` draws its workers' seeds from the global torch RNG,
+    which checkpoints save and restore; evaluation loaders get their own so that evaluating never
+    shifts the training's random stream (resumed runs stay identical).
+    """
+    pin = device is not None and torch.device(device).type == "cuda"
+    kwargs = {}
+    if num_workers > 0:
+        kwargs = {"persistent_workers": persistent_workers, "prefetch_factor": 4}
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle if sampler is None else False,
+                      drop_last=drop_last, num_workers=num_workers, pin_memory=pin, collate_fn=collate_skip_none,
+                      generator=generator, **kwargs)
+
+
+# --------------------------------------------------------------------------- normalisation
+class _ImageStats(Dataset):
+    """Per-image channel means and standard deviations of ToTensor images ([0, 1])."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.to_tensor = transforms.ToTensor()
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            image = self.to_tensor(self.dataset.load_image(index)).double()
+        except UserError:
+            if self.dataset.skip_bad_images:
+                return torch.zeros(7, dtype=torch.float64)
+            raise
+        std, mean = torch.std_mean(image, dim=(1, 2), correction=0)
+        return torch.cat([mean, std, torch.ones(1, dtype=torch.float64)])
+
+
+def compute_norm_stats(dataset, batch_size=256, num_workers=4):
+    """(mean, std): the average over images of per-image channel means and population stds.
+
+    Images are read in batches by a DataLoader, sharded over ranks and summed exactly.
+    """
+    stats = _ImageStats(dataset)
+    loader = DataLoader(stats, batch_size=batch_size, sampler=du.ShardSampler(len(stats)), num_workers=num_workers,
+                        generator=torch.Generator())
+    total = torch.zeros(7, dtype=torch.float64)
+    for rows in loader:
+        total += rows.sum(0)
+    du.all_reduce_sum(total)
+    count = total[6].item()
+    if count == 0:
+        raise UserError(f"no readable image in {dataset.root} to compute normalisation statistics from.")
+    return (total[:3] / count).tolist(), (total[3:6] / count).tolist()
+
+
+def norm_stats(dataset, cache_dir=None, num_workers=4):
+    """Normalisation statistics of a training set, cached as JSON keyed by the dataset's fingerprint."""
+    cache = None
+    if cache_dir:
+        cache = os.path.join(cache_dir, f"norm_{dataset.name}_{dataset.fingerprint()}.json")
+        if os.path.isfile(cache):
+            with open(cache) as handle:
+                saved = json.load(handle)
+            return saved["mean"], saved["std"]
+    mean, std = compute_norm_stats(dataset, num_workers=num_workers)
+    if cache and du.is_main_process():
+        from utils.checkpoint import write_json  # local import: checkpoint imports nothing from here
+        os.makedirs(cache_dir, exist_ok=True)
+        write_json(cache, {"root": os.path.abspath(dataset.root), "images": len(dataset), "mean": mean, "std": std})
+    return mean, std
+
+
+# --------------------------------------------------------------------------- what a stage calls
+def build_splits(args, vad=False, train_transform=True):
+    """The train / eval / (test) datasets of a stage with METHOD.md's transforms.
+
+    Normalisation statistics are those of the training images (cached); classes must agree across
+    splits. Returns (splits dict, mean, std).
+    """
+    skip_vad = getattr(args, "skip_missing_vad", False)
+    splits = {"train": build_dataset(args.dataset, args.data_path, "train", None, args.skip_bad_images, vad, skip_vad)}
+    for split, path in (("eval", args.eval_data_path), ("test", getattr(args, "test_data_path", ""))):
+        if path:
+            splits[split] = build_dataset(args.dataset, path, split, None, args.skip_bad_images, vad, skip_vad)
+            check_same_classes(splits["train"], splits[split], split)
+    mean, std = norm_stats(splits["train"], args.norm_cache, args.num_workers)
+    for split, dataset in splits.items():
+        dataset.transform = build_transform(split == "train" and train_transform, args.input_size, mean, std)
+    return splits, mean, std
+
+
+def train_loader(dataset, args):
+    """Shuffled, sharded over ranks (DistributedSampler, also on one process), full batches only."""
+    world, rank = du.get_world_size(), du.get_rank()
+    if len(dataset) // world < args.batch_size:
+        raise UserError(f"the training split has {len(dataset)} images, fewer than one batch of {args.batch_size} "
+                        f"per process on {world} process(es); lower --batch_size.")
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                                  seed=args.seed, drop_last=True)
+    loader = make_loader(dataset, args.batch_size, sampler, drop_last=True, num_workers=args.num_workers,
+                         device=args.device_obj)
+    return loader, sampler
+
+
+def eval_loader(dataset, args):
+    """In order, rank r taking samples r, r+W, ...: every sample exactly once, no padding."""
+    return make_loader(dataset, args.batch_size, du.ShardSampler(len(dataset)), num_workers=args.num_workers,
+                       device=args.device_obj, persistent_workers=args.num_workers > 0,
+                       generator=torch.Generator().manual_seed(args.seed))

@@ -1,0 +1,1 @@
+"""Backbones, loaders and the two CRPN networks."""

@@ -1,0 +1,1 @@
+"""Shared library under the three CRPN stage scripts."""
