@@ -164,6 +164,13 @@ class ShardSampler(torch.utils.data.Sampler):
         return len(self.indices)
 
 
+def wrap_ddp(model, device):
+    """DistributedDataParallel around ``model`` in a multi-process run, the model itself otherwise."""
+    if not is_dist():
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def unwrap(model):
     """The plain module inside DistributedDataParallel (or the model itself)."""
     return model.module if hasattr(model, "module") else model
