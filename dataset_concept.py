@@ -33,6 +33,8 @@ from utils.labels import CLASSES_7, CLASSES_8, FER2013_CODES, RAFDB_CODES, code_
 
 DATASETS = ("folder", "rafdb", "fer2013", "ferplus", "affectnet")
 SPLITS = ("train", "eval", "test")
+DEFAULT_TRAIN_PATH = os.path.join("data", "RAF-DB", "train")
+DEFAULT_EVAL_PATH = os.path.join("data", "RAF-DB", "test")
 VAD_COLUMNS = ("Valence", "Arousal", "Dominance")
 RAFDB_LIST = os.path.join("EmoLabel", "list_patition_label.txt")
 RAFDB_IMAGES = os.path.join("Image", "aligned")
@@ -228,6 +230,27 @@ class Fer2013Csv(FaceDataset):
         return Image.fromarray(values.reshape(48, 48).astype(np.uint8), mode="L")
 
 
+class ImageFiles(FaceDataset):
+    """Unlabelled images given as files and/or folders (searched recursively), for prediction."""
+
+    name = "images"
+
+    def __init__(self, inputs, transform=None, skip_bad_images=False):
+        paths = []
+        for item in inputs:
+            if os.path.isdir(item):
+                found = sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files
+                               if f.lower().endswith(IMG_EXTENSIONS))
+                paths.extend(found)
+            elif os.path.isfile(item):
+                paths.append(item)
+            else:
+                raise UserError(f"{item} is neither an image file nor a folder.")
+        if not paths:
+            raise UserError(f"no image ({', '.join(IMG_EXTENSIONS)}) found in {', '.join(inputs)}.")
+        super().__init__("", [], [(p, -1) for p in paths], transform, skip_bad_images)
+
+
 def build_dataset(kind, path, split, transform=None, skip_bad_images=False, vad=False, skip_missing_vad=False):
     """The dataset of one split (``train``, ``eval`` or ``test``) in the format ``kind``."""
     if vad and kind != "fer2013":
@@ -261,7 +284,7 @@ def collate_skip_none(batch):
 
 
 def make_loader(dataset, batch_size, sampler=None, shuffle=False, drop_last=False, num_workers=4,
-                device=None, persistent_workers=False, generator=None):
+                device=None, persistent_workers=False, generator=None, collate_fn=collate_skip_none):
     """A DataLoader with the repository's conventions (pinned memory on CUDA, prefetch, collate).
 
     A loader without its own ``generator`` draws its workers' seeds from the global torch RNG,
@@ -273,7 +296,7 @@ def make_loader(dataset, batch_size, sampler=None, shuffle=False, drop_last=Fals
     if num_workers > 0:
         kwargs = {"persistent_workers": persistent_workers, "prefetch_factor": 4}
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle if sampler is None else False,
-                      drop_last=drop_last, num_workers=num_workers, pin_memory=pin, collate_fn=collate_skip_none,
+                      drop_last=drop_last, num_workers=num_workers, pin_memory=pin, collate_fn=collate_fn,
                       generator=generator, **kwargs)
 
 
@@ -335,6 +358,14 @@ def norm_stats(dataset, cache_dir=None, num_workers=4):
 
 
 # --------------------------------------------------------------------------- what a stage calls
+def fer2013_has_usage(path):
+    """Whether a FER2013 CSV carries a Usage column (so one file holds all three splits)."""
+    try:
+        return "Usage" in pd.read_csv(path, nrows=0).columns
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return False
+
+
 def build_splits(args, vad=False, train_transform=True):
     """The train / eval / (test) datasets of a stage with METHOD.md's transforms.
 
@@ -342,6 +373,10 @@ def build_splits(args, vad=False, train_transform=True):
     splits. Returns (splits dict, mean, std).
     """
     skip_vad = getattr(args, "skip_missing_vad", False)
+    if args.dataset == "fer2013" and args.eval_data_path == DEFAULT_EVAL_PATH and fer2013_has_usage(args.data_path):
+        # one FER2013 file with Usage: PublicTest selects, PrivateTest is reported
+        args.eval_data_path = args.data_path
+        args.test_data_path = args.test_data_path or args.data_path
     splits = {"train": build_dataset(args.dataset, args.data_path, "train", None, args.skip_bad_images, vad, skip_vad)}
     for split, path in (("eval", args.eval_data_path), ("test", getattr(args, "test_data_path", ""))):
         if path:
@@ -353,7 +388,7 @@ def build_splits(args, vad=False, train_transform=True):
     return splits, mean, std
 
 
-def train_loader(dataset, args):
+def train_loader(dataset, args, collate_fn=collate_skip_none):
     """Shuffled, sharded over ranks (DistributedSampler, also on one process), full batches only."""
     world, rank = du.get_world_size(), du.get_rank()
     if len(dataset) // world < args.batch_size:
@@ -362,7 +397,7 @@ def train_loader(dataset, args):
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
                                                   seed=args.seed, drop_last=True)
     loader = make_loader(dataset, args.batch_size, sampler, drop_last=True, num_workers=args.num_workers,
-                         device=args.device_obj)
+                         device=args.device_obj, collate_fn=collate_fn)
     return loader, sampler
 
 

@@ -1,0 +1,130 @@
+"""The stage-3 training set: each sample with its confidence mask and, when low-confidence, K members
+of its class's high-score pool drawn at random each epoch (with replacement when the pool is
+smaller than K).
+
+The stage-2 artefacts (output/confidence/bank.pt) are joined by sample order and refused when
+they were made for another training set, class list, input size or concept checkpoint.
+
+Pool members travel in one of two forms (``--pool_features``):
+- ``online``: their images, decoded and augmented like the sample's, stacked into ``pool``
+  (sum of K over the batch's low-confidence samples) with ``pool_owner`` naming the batch row;
+  the step encodes them with the frozen concept emotion branch;
+- ``bank``: only their indices (``pool_index``, K per sample), looked up in the feature bank.
+"""
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dataset_concept import collate_skip_none
+from utils.checkpoint import load_checkpoint
+from utils.errors import UserError
+
+
+def load_bank(confidence_dir, train_set, input_size, concept_sha256=None):
+    """bank.pt from stage 2, checked against this run's training set, input size and concept model."""
+    path = os.path.join(confidence_dir, "bank.pt")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} not found; run stage 2 first (python high_confidence.py) or pass --confidence_dir.")
+    bank = load_checkpoint(path, "feature bank")
+    needed = ("features", "logits", "labels", "mask", "classes", "input_size", "data_fingerprint", "concept_sha256")
+    if not isinstance(bank, dict) or any(k not in bank for k in needed):
+        raise UserError(f"{path} is not a stage-2 feature bank; rerun python high_confidence.py.")
+    if bank["classes"] != train_set.classes:
+        raise UserError(f"{path} was made for classes {bank['classes']}, this training set has {train_set.classes}; "
+                        f"rerun stage 2 on this data.")
+    if bank["input_size"] != input_size:
+        raise UserError(f"{path} was made at input size {bank['input_size']}, this run uses {input_size}; pass "
+                        f"--input_size {bank['input_size']} or rerun stage 2.")
+    if bank["data_fingerprint"] != train_set.fingerprint() or len(bank["labels"]) != len(train_set):
+        raise UserError(f"{path} was made for another training set than {train_set.root}; rerun stage 2 on it.")
+    if not torch.equal(bank["labels"], torch.tensor(train_set.targets)):
+        raise UserError(f"{path} labels do not match {train_set.root}; rerun stage 2 on it.")
+    if concept_sha256 is not None and bank["concept_sha256"] != concept_sha256:
+        raise UserError(f"{path} was made with another concept checkpoint than --concept_ckpt; pass the one stage 2 "
+                        f"used or rerun stage 2.")
+    return bank
+
+
+class PerceptTrainSet(Dataset):
+    """Wraps a stage-1 style dataset; adds ``mask`` and the pooled concepts' sources."""
+
+    def __init__(self, base, mask, k=8, pool_features="online", seed=42):
+        if pool_features not in ("online", "bank", None):
+            raise ValueError(pool_features)
+        self.base = base
+        self.mask = torch.as_tensor(mask, dtype=torch.bool)
+        self.k = k
+        self.pool_features = pool_features
+        self.seed = seed
+        self.epoch = 0
+        labels = np.asarray(base.targets)
+        self.pools = [np.flatnonzero(self.mask.numpy() & (labels == c)) for c in range(len(base.classes))]
+        for c, pool in enumerate(self.pools):
+            if pool.size == 0 and (labels == c).any():
+                raise UserError(f"class {base.classes[c]!r} has an empty high-score pool; rerun stage 2.")
+
+    @property
+    def classes(self):
+        return self.base.classes
+
+    @property
+    def targets(self):
+        return self.base.targets
+
+    def __len__(self):
+        return len(self.base)
+
+    def set_epoch(self, epoch):
+        """Pool draws depend on (seed, epoch, index) only: reproducible across workers and resumes."""
+        self.epoch = epoch
+
+    def draw_pool(self, index):
+        """K members of the sample's class pool, with replacement only when the pool has fewer than K."""
+        pool = self.pools[self.base.targets[index]]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return rng.choice(pool, size=self.k, replace=pool.size < self.k)
+
+    def __getitem__(self, index):
+        item = self.base[index]
+        if item is None:
+            return None
+        item["mask"] = self.mask[index]
+        if self.pool_features is None:
+            return item
+        members = self.draw_pool(index)
+        if self.pool_features == "bank":
+            item["pool_index"] = torch.from_numpy(members.astype(np.int64))
+        elif not item["mask"]:
+            images = [self.base[int(m)] for m in members]
+            images = [member["image"] for member in images if member is not None]
+            item["pool"] = torch.stack(images) if images else None
+        return item
+
+
+def collate_percept(batch):
+    """collate_skip_none, with online pool images concatenated and tagged with their batch row."""
+    pools, owners = [], []
+    row = 0
+    for item in batch:
+        if item is None:
+            continue
+        pool = item.pop("pool", None)
+        if pool is not None:
+            pools.append(pool)
+            owners.append(torch.full((pool.shape[0],), row, dtype=torch.long))
+        row += 1
+    out = collate_skip_none(batch)
+    if pools:
+        out["pool"] = torch.cat(pools)
+        out["pool_owner"] = torch.cat(owners)
+    return out
+
+
+def pooled_concepts(features, owner, batch_size):
+    """Mean feature per batch row of the rows' pool members (rows without members get zeros)."""
+    sums = torch.zeros(batch_size, features.shape[1], dtype=features.dtype, device=features.device)
+    sums.index_add_(0, owner, features)
+    counts = torch.bincount(owner, minlength=batch_size).clamp(min=1).to(features.dtype)
+    return sums / counts[:, None]
