@@ -105,7 +105,7 @@ class FaceDataset(Dataset):
             image = self.transform(image)
         item = {"image": image, "label": self.targets[index], "index": index}
         if self.vad is not None:
-            item["vad"] = torch.from_numpy(self.vad[index])
+            item["vad"] = torch.tensor(self.vad[index])
         return item
 
     def fingerprint(self):

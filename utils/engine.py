@@ -309,8 +309,8 @@ def fit(trainer, train_loader, train_sampler, eval_loaders, classes, epochs):
             if du.is_main_process():
                 state = trainer.state(epoch, best, history, rng)
                 save_checkpoint(last_path, state)
-                if is_best:
-                    save_checkpoint(best_path, state)
+                if is_best:  # weights and metadata only: what --eval, stage 2/3 and predict.py read
+                    save_checkpoint(best_path, {k: state[k] for k in ("model", "epoch", "best", "args", "meta")})
                     write_eval_report(output_dir, "eval", results["eval"], classes, {"epoch": epoch})
                     if "test" in results:
                         write_eval_report(output_dir, "test", results["test"], classes, {"epoch": epoch})
