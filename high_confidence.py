@@ -24,7 +24,7 @@ import torch
 from dataset_concept import build_dataset, build_transform, eval_loader
 from models.concept import ConceptNet
 from utils import distributed as du
-from utils.checkpoint import atomic_path, load_checkpoint, save_checkpoint, sha256_file, write_csv, write_json
+from utils.checkpoint import load_checkpoint, save_checkpoint, save_figure, sha256_file, write_csv, write_json
 from utils.cli import common_parser, start_run, write_config
 from utils.engine import autocast, to_device
 from utils.errors import UserError, run_main
@@ -113,8 +113,7 @@ def save_histograms(path, confidence, labels, classes, thresholds):
         axes[k // cols][k % cols].axis("off")
     fig.supxlabel("emotional confidence")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -14,7 +14,7 @@ from dataset_concept import build_splits, eval_loader, train_loader
 from models.concept import ConceptNet
 from utils import distributed as du
 from utils.cli import common_parser, start_run, write_config
-from utils.engine import Trainer, amp_setup, build_optimizer, build_scheduler, evaluate_checkpoint, fit
+from utils.engine import Trainer, evaluate_checkpoint, fit, prepare_training
 from utils.errors import UserError, run_main
 from utils.labels import CLASSES_7, RAFDB_FOCAL_ALPHA
 from utils.losses import (class_weighted_supcon, focal_alpha_from_counts, focal_loss, orthogonality_loss,
@@ -109,13 +109,8 @@ def main(argv=None):
     classes = splits["train"].classes
     focal_alpha = resolve_focal_alpha(args.focal_alpha, classes, splits["train"].targets)
 
-    model = ConceptNet(len(classes), pretrained, nonemotion_bn_update=args.nonemotion_bn_update).to(args.device_obj)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ddp_model = du.wrap_ddp(model, args.device_obj)
-    optimizer = build_optimizer(args, model.parameters())
-    scheduler, per_iteration = build_scheduler(args, optimizer)
-    amp_dtype, scaler = amp_setup(args.device_obj, args.amp)
+    model = ConceptNet(len(classes), pretrained, nonemotion_bn_update=args.nonemotion_bn_update)
+    model, ddp_model, optimizer, scheduler, per_iteration, amp_dtype, scaler = prepare_training(args, model)
     meta = {"model": "ConceptNet", "classes": classes, "input_size": args.input_size, "mean": mean, "std": std,
             "dataset": args.dataset, "train_fingerprint": splits["train"].fingerprint(), "focal_alpha": focal_alpha,
             "pretrained_sha256": getattr(model, "weights_sha256", None)}

@@ -24,7 +24,7 @@ from models.percept import PerceptNet
 from utils import distributed as du
 from utils.checkpoint import atomic_write_bytes, load_checkpoint, sha256_file, write_csv
 from utils.cli import common_parser, start_run, write_config
-from utils.engine import VAD_NAMES, Trainer, amp_setup, build_optimizer, build_scheduler, evaluate_checkpoint, fit
+from utils.engine import VAD_NAMES, Trainer, evaluate_checkpoint, fit, prepare_training
 from utils.errors import UserError, run_main
 from utils.losses import kl_high_confidence, mmd_loss, vad_consistency_loss, vad_mse, vad_sign_matrix
 
@@ -195,13 +195,8 @@ def main(argv=None):
         bank = {k: bank[k].to(args.device_obj) for k in ("features", "logits")} if args.pool_features == "bank" else None
     sign_matrix = vad_sign_matrix(classes).to(args.device_obj) if args.vad else None
 
-    model = PerceptNet(len(classes), pretrained, vad=args.vad).to(args.device_obj)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ddp_model = du.wrap_ddp(model, args.device_obj)
-    optimizer = build_optimizer(args, model.parameters())
-    scheduler, per_iteration = build_scheduler(args, optimizer)
-    amp_dtype, scaler = amp_setup(args.device_obj, args.amp)
+    model = PerceptNet(len(classes), pretrained, vad=args.vad)
+    model, ddp_model, optimizer, scheduler, per_iteration, amp_dtype, scaler = prepare_training(args, model)
     meta = {"model": "PerceptNet+VAD" if args.vad else "PerceptNet", "vad": args.vad, "classes": classes,
             "input_size": args.input_size, "mean": mean, "std": std, "dataset": args.dataset,
             "train_fingerprint": splits["train"].fingerprint(), "concept_target": mode,

@@ -16,7 +16,7 @@ import torch
 
 from dataset_concept import ImageFiles, build_transform, make_loader
 from models.percept import PerceptNet
-from utils.checkpoint import atomic_path, load_checkpoint, write_csv
+from utils.checkpoint import load_checkpoint, save_figure, write_csv
 from utils.distributed import resolve_device
 from utils.engine import VAD_NAMES, to_device
 from utils.errors import UserError, run_main
@@ -89,8 +89,7 @@ def draw(path, image, classes, probs, vad):
             axes[2].text(i, v + (0.1 if v >= 0 else -0.25), f"{v:.2f}", ha="center", fontsize=8)
         axes[2].set_title("valence / arousal / dominance")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 

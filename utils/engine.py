@@ -64,6 +64,19 @@ def build_optimizer(args, parameters):
     return torch.optim.Adam(trainable, lr=args.lr, betas=(0.5, 0.999), weight_decay=args.weight_decay)
 
 
+def prepare_training(args, model):
+    """Move ``model`` to the run's device (channels_last when asked), wrap it for DDP, and build the
+    optimiser, schedule and AMP settings. Returns (model, ddp_model, optimizer, scheduler,
+    per_iteration, amp_dtype, scaler)."""
+    model = model.to(args.device_obj)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(args, model.parameters())
+    scheduler, per_iteration = build_scheduler(args, optimizer)
+    amp_dtype, scaler = amp_setup(args.device_obj, args.amp)
+    return model, du.wrap_ddp(model, args.device_obj), optimizer, scheduler, per_iteration, amp_dtype, scaler
+
+
 def build_scheduler(args, optimizer):
     """(scheduler, per_iteration): the reference's CosineAnnealingLR(T_max=5) stepped every iteration,
     so the lr swings between lr and 0 every 10 iterations, or an ordinary per-epoch cosine."""

@@ -8,7 +8,7 @@ the result never depends on how the data was split.
 import numpy as np
 import torch
 
-from utils.checkpoint import atomic_path
+from utils.checkpoint import atomic_path, save_figure
 
 __all__ = ["confusion_counts", "classification_summary", "RegressionStats", "save_confusion_matrix"]
 
@@ -238,5 +238,4 @@ def save_confusion_matrix(confusion, classes, csv_path, png_path):
                 ax.text(j, i, text, ha="center", va="center", fontsize=8,
                         color="white" if frac[i, j] > 0.5 else "black")
         fig.tight_layout()
-        with atomic_path(png_path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
+        save_figure(fig, png_path, dpi=120)

@@ -1,0 +1,62 @@
+"""The table `make demo` ends with: accuracies, parameters and CPU latency of each pathway."""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from models.concept import ConceptNet  # noqa: E402
+from models.percept import PerceptNet  # noqa: E402
+
+
+def best_of(run_dir):
+    with open(os.path.join(run_dir, "log.jsonl")) as handle:
+        log = [json.loads(line) for line in handle if line.strip()]
+    return max(log, key=lambda r: r["eval_acc"])
+
+
+@torch.no_grad()
+def latency_ms(forward, input_size, repeats=20):
+    """Median per-image latency at batch 1, one thread, after warm-up."""
+    x = torch.randn(1, 3, input_size, input_size)
+    for _ in range(3):
+        forward(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        forward(x)
+        times.append(time.perf_counter() - start)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--input_size", type=int, required=True)
+    parser.add_argument("--seconds", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    concept, percept = ConceptNet(7, None).eval(), PerceptNet(7, None).eval()
+    rows = [("concept (stage 1, 2x ResNet-50)", best_of(os.path.join(args.output, "concept")),
+             sum(p.numel() for p in concept.parameters()), latency_ms(concept.emotion_forward, args.input_size)),
+            ("percept CRPN (stage 3, ResNet-18)", best_of(os.path.join(args.output, "percept")),
+             sum(p.numel() for p in percept.parameters()), latency_ms(percept, args.input_size)),
+            ("percept baseline (ResNet-18, CE only)", best_of(os.path.join(args.output, "baseline")),
+             sum(p.numel() for p in percept.parameters()), latency_ms(percept, args.input_size))]
+    print(f"\n{'model':40s} {'test acc %':>10s} {'mean cls %':>10s} {'epoch':>5s} {'params M':>9s} {'CPU ms/img':>10s}")
+    for name, best, params, ms in rows:
+        print(f"{name:40s} {best['eval_acc']:10.2f} {best['eval_mean_class_acc']:10.2f} {best['epoch']:5d} "
+              f"{params / 1e6:9.2f} {ms:10.2f}")
+    print(f"\n(CPU latency: batch 1, one thread, {args.input_size} px; the concept figure runs only its emotion branch.)")
+    print(f"logs: {args.output}/{{concept,confidence,percept,baseline}} (tensorboard --logdir {args.output}); "
+          f"predictions: {args.output}/predictions.csv, pictures in {args.output}/vis"
+          + (f"; demo took {args.seconds} s" if args.seconds else ""))
+
+
+if __name__ == "__main__":
+    main()
