@@ -156,6 +156,8 @@ def reduce_vad(stats, device):
     du.all_reduce_sum(flat)
     out = {}
     for metric, values in RegressionStats.from_tensor(flat.cpu(), 3).compute().items():
+        if metric == "n":  # the sample count, an int, not a per-dimension metric
+            continue
         for name, value in zip(VAD_NAMES, values):
             out[f"{name}_{metric}"] = float(value)
     return out

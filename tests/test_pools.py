@@ -1,0 +1,87 @@
+"""Stage-2 thresholds and stage-3 pool sampling, against hand computations."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dataset_concept import build_dataset
+from dataset_percept import PerceptTrainSet, collate_percept, pooled_concepts
+from high_confidence import per_class_thresholds
+from utils.errors import UserError
+
+
+def test_thresholds_by_hand_with_ties_and_tiny_classes():
+    conf = [0.9, 0.1, 0.5, 0.5, 0.5, 0.3, 0.7, 0.2]
+    labels = [0, 0, 0, 0, 0, 1, 1, 2]
+    thresholds, counts, mask = per_class_thresholds(conf, labels, 3, 0.2)
+    # class 0 sorted: .1 .5 .5 .5 .9, index floor(0.2*5)=1 -> 0.5 (ties at the threshold are all kept)
+    # class 1 sorted: .3 .7, index floor(0.4)=0 -> 0.3; class 2: one sample, index 0 -> 0.2
+    assert thresholds == [0.5, 0.3, 0.2] and counts == [5, 2, 1]
+    assert mask.tolist() == [True, False, True, True, True, True, True, True]
+    with pytest.raises(UserError, match="'c'"):
+        per_class_thresholds([0.5, 0.6], [0, 1], 3, 0.2, classes=["a", "b", "c"])
+
+
+def test_thresholds_follow_label_index_not_folder_creation_order(tmp_path):
+    names = ["surprise", "anger", "neutral"]  # created in an order different from sorted
+    for i, name in enumerate(names):
+        os.makedirs(tmp_path / name)
+        for j in range(3):
+            Image.new("RGB", (8, 8), (i * 40, j * 40, 0)).save(tmp_path / name / f"{j}.png")
+    dataset = build_dataset("folder", str(tmp_path), "train")
+    assert dataset.classes == ["anger", "neutral", "surprise"]
+    # confidence encodes the class name, so a threshold keyed by the wrong class would show
+    level = {"anger": 0.1, "neutral": 0.5, "surprise": 0.9}
+    conf = [level[dataset.classes[t]] + 0.01 * k for k, t in enumerate(dataset.targets)]
+    thresholds, _, _ = per_class_thresholds(conf, dataset.targets, 3, 0.2)
+    for c, name in enumerate(dataset.classes):
+        assert level[name] <= thresholds[c] < level[name] + 0.1
+
+
+class Items(torch.utils.data.Dataset):
+    """A stand-in base dataset: image = its index, so pool members can be identified."""
+
+    def __init__(self, targets):
+        self.targets = targets
+        self.classes = ["a", "b", "c"]
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        return {"image": torch.full((1, 2, 2), float(index)), "label": self.targets[index], "index": index}
+
+
+def test_pool_draws_are_class_pure_k_sized_and_reproducible():
+    targets = [0] * 6 + [1] * 4 + [2] * 3
+    mask = [1, 1, 1, 1, 0, 0] + [1, 0, 0, 0] + [1, 1, 0]
+    data = PerceptTrainSet(Items(targets), mask, k=3, pool_features="online", seed=1)
+    pools = [set(np.flatnonzero(np.array(mask, bool) & (np.array(targets) == c))) for c in range(3)]
+    for index in range(len(targets)):
+        drawn = data.draw_pool(index)
+        assert len(drawn) == 3 and set(drawn) <= pools[targets[index]]
+    assert len(set(data.draw_pool(4))) == 3  # pool of 4 >= K: without replacement
+    assert set(data.draw_pool(7)) == {6}  # pool of 1 < K: with replacement
+    first = data.draw_pool(4).tolist()
+    assert data.draw_pool(4).tolist() == first  # same (seed, epoch, index) -> same draw
+    draws = set()
+    for epoch in range(6):
+        data.set_epoch(epoch)
+        draws.add(tuple(data.draw_pool(4)))
+    assert len(draws) > 1  # a new draw each epoch
+
+    batch = collate_percept([data[4], data[0], data[12]])  # low, high, low
+    assert batch["mask"].tolist() == [False, True, False]
+    assert batch["pool"].shape == (6, 1, 2, 2) and batch["pool_owner"].tolist() == [0, 0, 0, 2, 2, 2]
+    pooled = pooled_concepts(batch["pool"].flatten(1), batch["pool_owner"], 3)
+    assert torch.allclose(pooled[0], batch["pool"][:3].flatten(1).mean(0)) and torch.all(pooled[1] == 0)
+
+    bank = PerceptTrainSet(Items(targets), mask, k=3, pool_features="bank", seed=1)
+    assert bank[4]["pool_index"].tolist() == first and "pool" not in bank[4]
+
+
+def test_empty_pool_is_a_user_error():
+    with pytest.raises(UserError, match="'b'"):
+        PerceptTrainSet(Items([0, 0, 1]), [1, 0, 0], k=2)
