@@ -22,9 +22,9 @@ import pandas as pd
 import torch
 
 from dataset_concept import build_dataset, build_transform, eval_loader
-from models.concept import ConceptNet
+from models.concept import frozen_concept, load_concept_checkpoint
 from utils import distributed as du
-from utils.checkpoint import load_checkpoint, save_checkpoint, save_figure, sha256_file, write_csv, write_json
+from utils.checkpoint import save_checkpoint, save_figure, sha256_file, write_csv, write_json
 from utils.cli import common_parser, start_run, write_config
 from utils.engine import autocast, to_device
 from utils.errors import UserError, run_main
@@ -63,16 +63,6 @@ def per_class_thresholds(confidence, labels, num_classes, percentile, classes=No
         counts.append(int(scores.size))
     mask = confidence >= np.asarray(thresholds)[labels]
     return thresholds, counts, mask
-
-
-def load_concept_checkpoint(path):
-    """A stage-1 checkpoint, checked to be one (its ``meta`` names ConceptNet)."""
-    checkpoint = load_checkpoint(path, "concept checkpoint")
-    meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
-    if not meta or meta.get("model") != "ConceptNet":
-        raise UserError(f"{path} is not a stage-1 (main_concept.py) checkpoint; pass --concept_ckpt "
-                        f"output/concept/checkpoint-best.pth or your stage-1 output.")
-    return checkpoint
 
 
 @torch.no_grad()
@@ -133,9 +123,7 @@ def main(argv=None):
     args.epochs = None
     start_run(args)
     classes = meta["classes"]
-    model = ConceptNet(len(classes), None)
-    model.load_state_dict(checkpoint["model"])
-    model = model.to(args.device_obj).eval()
+    model = frozen_concept(checkpoint, args.device_obj)
     del checkpoint
     dataset = build_dataset(args.dataset, args.data_path, "train", skip_bad_images=args.skip_bad_images)
     if dataset.classes != classes:

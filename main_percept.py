@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 from dataset_concept import build_splits, eval_loader, train_loader
 from dataset_percept import PerceptTrainSet, collate_percept, load_bank, pooled_concepts
-from models.concept import ConceptNet
+from models.concept import frozen_concept, load_concept_checkpoint
 from models.percept import PerceptNet
 from utils import distributed as du
-from utils.checkpoint import atomic_write_bytes, load_checkpoint, sha256_file, write_csv
+from utils.checkpoint import atomic_write_bytes, sha256_file, write_csv
 from utils.cli import common_parser, start_run, write_config
 from utils.engine import VAD_NAMES, Trainer, evaluate_checkpoint, fit, prepare_training
 from utils.errors import UserError, run_main
@@ -72,20 +72,6 @@ def resolve_file(path, what, hint):
     if not os.path.isfile(path):
         raise UserError(f"{what} {path} not found; {hint}")
     return path
-
-
-def load_frozen_concept(path, classes, device):
-    """The stage-1 model, frozen and in eval mode; only its emotion branch is run."""
-    checkpoint = load_checkpoint(path, "concept checkpoint")
-    meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
-    if not meta or meta.get("model") != "ConceptNet":
-        raise UserError(f"{path} is not a stage-1 (main_concept.py) checkpoint.")
-    if meta["classes"] != classes:
-        raise UserError(f"{path} was trained on classes {meta['classes']}, this run has {classes}.")
-    concept = ConceptNet(len(classes), None)
-    concept.load_state_dict(checkpoint["model"])
-    concept.requires_grad_(False)
-    return concept.to(device).eval()
 
 
 def make_loss_fn(args, concept, bank, sign_matrix):
@@ -187,7 +173,12 @@ def main(argv=None):
         bank = load_bank(args.confidence_dir, train_set, args.input_size, concept_sha)
         concept_sha = bank["concept_sha256"]
         if needs_concept:
-            concept = load_frozen_concept(args.concept_ckpt, classes, args.device_obj)
+            checkpoint = load_concept_checkpoint(args.concept_ckpt)
+            if checkpoint["meta"]["classes"] != classes:
+                raise UserError(f"{args.concept_ckpt} was trained on classes {checkpoint['meta']['classes']}, "
+                                f"this run has {classes}.")
+            concept = frozen_concept(checkpoint, args.device_obj)
+            del checkpoint
             if args.channels_last:
                 concept = concept.to(memory_format=torch.channels_last)
         pool_features = "bank" if args.pool_features == "bank" else ("online" if mode == "pool" else None)

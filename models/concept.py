@@ -4,6 +4,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbones import as_feature_extractor, load_vggface2_weights, vggface2_resnet50
+from utils.checkpoint import load_checkpoint
+from utils.errors import UserError
 
 
 def _unit(h):
@@ -97,3 +99,22 @@ class ConceptNet(nn.Module):
         out = self.emotion_forward(x)
         out["n"] = self.non_emotion(x)
         return out
+
+
+def load_concept_checkpoint(path):
+    """A stage-1 checkpoint, checked to be one (its ``meta`` names ConceptNet)."""
+    checkpoint = load_checkpoint(path, "concept checkpoint")
+    meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
+    if not meta or meta.get("model") != "ConceptNet":
+        raise UserError(f"{path} is not a stage-1 (main_concept.py) checkpoint; pass --concept_ckpt "
+                        f"output/concept/checkpoint-best.pth or your stage-1 output.")
+    return checkpoint
+
+
+def frozen_concept(checkpoint, device):
+    """The stage-1 model of a loaded checkpoint, frozen and in eval mode (stages 2 and 3 run only
+    its emotion branch)."""
+    model = ConceptNet(len(checkpoint["meta"]["classes"]), None)
+    model.load_state_dict(checkpoint["model"])
+    model.requires_grad_(False)
+    return model.to(device).eval()
