@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from utils.labels import CLASSES_7, FER2013_CODES, RAFDB_FOCAL_ALPHA
 from utils.losses import (
     VAD_SIGNS,
+    _lse_series,
     _supcon_chunk,
     batch_class_weights,
     class_weighted_supcon,
@@ -262,6 +263,43 @@ def test_supcon_dims_gradcheck():
     feats = torch.randn(5, 3, dtype=torch.float64, generator=gen).requires_grad_()
     labels = torch.tensor([0, 1, 0, 2, 1])
     assert torch.autograd.gradcheck(lambda x: class_weighted_supcon(x, labels, 3, chunk_size=4), (feats,))
+
+
+@pytest.mark.parametrize("b,d,tau", [(16, 256, 0.07), (32, 64, 0.07), (8, 16, 0.2), (4, 2, 1.0)])
+def test_supcon_dims_series_matches_chunked_and_naive(b, d, tau):
+    """The default (exponential series) equals the chunked and the materialising forms, value and gradient."""
+    gen = torch.Generator().manual_seed(b + d)
+    feats = F.normalize(torch.randn(b, d, generator=gen), dim=1)
+    labels = torch.randint(0, 3, (b,), generator=gen)
+    assert _lse_series(feats.reshape(-1), tau) is not None  # unit-norm features take the series path
+    grads, values = [], []
+    for fn in (lambda x: class_weighted_supcon(x, labels, 3, tau, 0.07),
+               lambda x: class_weighted_supcon(x, labels, 3, tau, 0.07, chunk_size=97),
+               lambda x: class_weighted_supcon_naive(x, labels, 3, tau, 0.07)):
+        x = feats.clone().requires_grad_()
+        loss = fn(x)
+        loss.backward()
+        values.append(loss.item())
+        grads.append(x.grad)
+    assert values[0] == pytest.approx(values[1], abs=2e-6) and values[0] == pytest.approx(values[2], abs=2e-6)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(grads[0], grads[2], atol=1e-6, rtol=0)
+
+
+def test_supcon_dims_series_gradcheck_and_fallback():
+    gen = torch.Generator().manual_seed(5)
+    feats = F.normalize(torch.randn(6, 4, dtype=torch.float64, generator=gen), dim=1).requires_grad_()
+    labels = torch.tensor([0, 1, 0, 2, 1, 2])
+    assert _lse_series(feats.detach().reshape(-1), 0.5) is not None
+    assert torch.autograd.gradcheck(lambda x: class_weighted_supcon(x, labels, 3, temperature=0.5), (feats,))
+    # Exponents beyond what float64 sums safely (max s²/τ = 100 here) fall back to the chunked form,
+    # which still equals the naive one.
+    big = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=torch.float64)
+    assert _lse_series(big.reshape(-1), 0.01) is None
+    got = class_weighted_supcon(big, torch.tensor([0, 0, 1]), 2, temperature=0.01)
+    naive = class_weighted_supcon_naive(big, torch.tensor([0, 0, 1]), 2, temperature=0.01)
+    assert got.item() == pytest.approx(naive.item(), rel=1e-12)
+    assert _lse_series(torch.tensor([0.5]), 0.07) is None  # one scalar has no contrast
 
 
 def test_supcon_default_chunk_bounded():
