@@ -333,7 +333,6 @@ def class_weighted_supcon(features, labels, num_classes, temperature=0.07, base_
         return loss.to(features.dtype)
 
     # mode == "dims"
-    n = b * d
     npos = torch.bincount(labels, minlength=num_classes)[labels] * d - 1  # B
     valid = npos > 0
     if not bool(valid.any()):
