@@ -84,13 +84,13 @@ def make_loss_fn(args, concept, bank, sign_matrix):
         if use_bank:
             own, logits_c = bank["features"][batch["index"]], bank["logits"][batch["index"]]
             pooled = bank["features"][batch["pool_index"]].mean(1)
-        else:
-            out = concept.emotion_forward(batch["image"])
-            own, logits_c = out["e"].float(), out["logits"].float()
-            pooled = own
-            if mode == "pool" and "pool" in batch:
-                pooled = pooled_concepts(concept.emotion_forward(batch["pool"])["e"].float(), batch["pool_owner"],
-                                         own.shape[0])
+        else:  # one forward of the batch and its pool images (eval-mode BatchNorm: rows are independent)
+            images, b = batch["image"], batch["image"].shape[0]
+            with_pool = mode == "pool" and "pool" in batch
+            out = concept.emotion_forward(torch.cat([images, batch["pool"]]) if with_pool else images)
+            e = out["e"].float()
+            own, logits_c = e[:b], out["logits"][:b].float()
+            pooled = pooled_concepts(e[b:], batch["pool_owner"], b) if with_pool else own
         target = own if mode == "self" else torch.where(mask[:, None], own, pooled)
         return target, logits_c
 

@@ -85,3 +85,40 @@ def test_pool_draws_are_class_pure_k_sized_and_reproducible():
 def test_empty_pool_is_a_user_error():
     with pytest.raises(UserError, match="'b'"):
         PerceptTrainSet(Items([0, 0, 1]), [1, 0, 0], k=2)
+
+
+def test_bank_fast_path_gives_the_online_losses_for_the_same_pool_images():
+    """--pool_features bank (stage 2's features, no concept forward) and online (one concept forward of
+    the batch and its pool images) give the same MMD and KL when the pool images are those the bank
+    was made from; --concept_target self gives another MMD."""
+    from main_percept import get_args_parser, make_loss_fn
+    from models.concept import ConceptNet
+    from models.percept import PerceptNet
+
+    torch.manual_seed(0)
+    targets = [0, 0, 0, 1, 1, 1, 2, 2]
+    mask = [True, False, True, True, True, False, True, False]
+    images = torch.randn(len(targets), 3, 32, 32)
+
+    class Faces(Items):
+        def __getitem__(self, index):
+            return {"image": images[index], "label": self.targets[index], "index": index}
+
+    concept = ConceptNet(3).eval().requires_grad_(False)
+    with torch.no_grad():
+        out = concept.emotion_forward(images)
+    bank = {"features": out["e"], "logits": out["logits"]}
+    model = PerceptNet(3).eval()  # no dropout: both calls see the same network
+    parts = {}
+    for name, pool_features, fn_args in (("online", "online", (concept, None)), ("bank", "bank", (None, bank)),
+                                         ("self", None, (concept, None))):
+        args = get_args_parser().parse_args(["--concept_target", "self" if name == "self" else "pool",
+                                             "--pool_features", pool_features or "online", "--k", "2"])
+        data = PerceptTrainSet(Faces(targets), mask, k=2, pool_features=pool_features, seed=1)
+        batch = collate_percept([data[i] for i in range(len(targets))])
+        if name == "online":
+            assert batch["pool"].shape[0] == 2 * mask.count(False)
+        _, parts[name], _ = make_loss_fn(args, *fn_args, None)(model, batch)
+    for key in ("mmd", "kl", "ce"):
+        assert parts["bank"][key].item() == pytest.approx(parts["online"][key].item(), abs=1e-6), key
+    assert parts["self"]["mmd"].item() != pytest.approx(parts["online"]["mmd"].item(), abs=1e-6)
