@@ -129,9 +129,14 @@ class FolderFaces(FaceDataset):
                             f"--data_path (see README, 'Data').")
         try:
             classes, class_to_idx = find_classes(root)
-            found = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS)
-        except FileNotFoundError as exc:
-            raise UserError(f"{root}: {exc}; every class folder needs at least one image.") from None
+        except FileNotFoundError:
+            raise UserError(f"{root} holds no class folder; put the images in {os.path.join(root, '<class>')}/ "
+                            f"(see README, 'Data').") from None
+        found = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        empty = sorted(set(classes) - {classes[label] for _, label in found})
+        if empty:
+            raise UserError(f"class folder {', '.join(os.path.join(root, c) for c in empty)} holds no image "
+                            f"({' '.join(IMG_EXTENSIONS)}); add images or remove the folder.")
         if self.expected_classes is not None and classes not in self.expected_classes:
             options = " or ".join(str(c) for c in self.expected_classes)
             raise UserError(f"{root} has class folders {classes}, but --dataset {self.name} expects {options}.")

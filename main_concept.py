@@ -13,7 +13,7 @@ import torch
 from dataset_concept import build_splits, eval_loader, train_loader
 from models.concept import ConceptNet
 from utils import distributed as du
-from utils.cli import common_parser, start_run, write_config
+from utils.cli import common_parser, prepare_resume, start_run, write_config
 from utils.engine import Trainer, evaluate_checkpoint, fit, prepare_training
 from utils.errors import UserError, run_main
 from utils.labels import CLASSES_7, RAFDB_FOCAL_ALPHA
@@ -114,6 +114,7 @@ def main(argv=None):
     meta = {"model": "ConceptNet", "classes": classes, "input_size": args.input_size, "mean": mean, "std": std,
             "dataset": args.dataset, "train_fingerprint": splits["train"].fingerprint(), "focal_alpha": focal_alpha,
             "pretrained_sha256": getattr(model, "weights_sha256", None)}
+    prepare_resume(args, meta)  # before anything is written
     trainer = Trainer(args, model, ddp_model, make_loss_fn(args, len(classes), focal_alpha), predict, optimizer,
                       scheduler, per_iteration, scaler, amp_dtype, meta)
     eval_loaders = {split: eval_loader(splits[split], args) for split in ("eval", "test") if split in splits}

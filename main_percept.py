@@ -23,7 +23,7 @@ from models.concept import frozen_concept, load_concept_checkpoint
 from models.percept import PerceptNet
 from utils import distributed as du
 from utils.checkpoint import atomic_write_bytes, sha256_file, write_csv
-from utils.cli import common_parser, start_run, write_config
+from utils.cli import common_parser, prepare_resume, start_run, write_config
 from utils.engine import VAD_NAMES, Trainer, evaluate_checkpoint, fit, prepare_training
 from utils.errors import UserError, run_main
 from utils.losses import kl_high_confidence, mmd_loss, vad_consistency_loss, vad_mse, vad_sign_matrix
@@ -193,6 +193,7 @@ def main(argv=None):
             "train_fingerprint": splits["train"].fingerprint(), "concept_target": mode,
             "pool_features": args.pool_features, "concept_sha256": concept_sha,
             "pretrained_sha256": getattr(model, "weights_sha256", None)}
+    prepare_resume(args, meta)  # before anything is written
     trainer = Trainer(args, model, ddp_model, make_loss_fn(args, concept, bank, sign_matrix), predict, optimizer,
                       scheduler, per_iteration, scaler, amp_dtype, meta,
                       on_epoch_end=(lambda history, best: write_vad_records(args.output_dir, history, best))

@@ -49,3 +49,39 @@ def assert_user_error(proc, *fragments):
     assert lines[-1].startswith("error: "), proc.stderr
     for fragment in fragments:
         assert fragment in lines[-1], (fragment, lines[-1])
+
+
+def run_inprocess(script, args, capfd):
+    """Call ``script``'s ``main(argv)`` in this interpreter, as ``run_script`` would run it (for checks
+    that stop before training: no interpreter start-up). Returns a CompletedProcess; the exit code is
+    that of ``run_main`` (2 for a user error). The global random state is left as it was."""
+    import importlib
+    import random
+
+    import numpy as np
+    import torch
+
+    module = importlib.import_module(os.path.splitext(os.path.basename(script))[0])
+    capfd.readouterr()
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    code = 0
+    try:
+        module.main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess([script, *map(str, args)], code, out, err)
+
+
+def assert_no_output(output_dir):
+    """Nothing a run writes is there: the folder is absent or holds no checkpoint, log, table or JSON."""
+    if not os.path.exists(output_dir):
+        return
+    written = [os.path.join(folder, name) for folder, _, names in os.walk(output_dir) for name in names
+               if name.endswith((".pth", ".pt", ".jsonl", ".json", ".csv", ".txt", ".png", ".tmp"))
+               or name.startswith("events.out.tfevents")]
+    assert not written, written

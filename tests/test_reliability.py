@@ -1,4 +1,6 @@
-"""Runs that are killed, diverge or are fed hostile files: nothing lost, nothing executed."""
+"""Runs that are killed (the whole run, or one worker of a torchrun job), diverge or are fed hostile
+or mismatched files: nothing lost, nothing executed, nothing half-written."""
+import json
 import os
 import pickle
 import signal
@@ -6,55 +8,220 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO, SIZE, assert_user_error, read_log, run_script
+import pytest
+import torch
+
+from conftest import (REPO, SIZE, assert_no_output, assert_user_error, read_log, run_inprocess, run_script,
+                      torchrun)
+from utils.checkpoint import resolve_resume, save_checkpoint
+from utils.log import RunLogger
 
 TIMING = ("epoch_time", "train_images_per_s")
+EPOCHS = 3
+STAGES = {"concept": ("main_concept.py", []), "percept": ("main_percept.py", ["--concept_target", "none"])}
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}  # robust timings on a shared 2-core machine
 
 
-def baseline_args(faces, out, epochs, *extra):
-    return [os.path.join(REPO, "main_percept.py"), "--data_path", faces / "train", "--eval_data_path", faces / "test",
-            "--pretrained", "none", "--concept_target", "none", "--epochs", epochs, "--output_dir", out,
-            "--norm_cache", out.parent / "cache", "--input_size", SIZE, "--batch_size", 8, "--device", "cpu",
-            "--num_workers", 0, *extra]
+def stage_args(stage, faces, out, epochs, *extra):
+    return ["--data_path", faces / "train", "--eval_data_path", faces / "test", "--pretrained", "none",
+            *STAGES[stage][1], "--epochs", epochs, "--output_dir", out, "--norm_cache", out.parent / "cache",
+            "--input_size", SIZE, "--batch_size", 8, "--device", "cpu", "--num_workers", 0, *extra]
+
+
+def command(stage, args):
+    return [sys.executable, os.path.join(REPO, STAGES[stage][0]), *map(str, args)]
 
 
 def strip(log):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in log]
 
 
-def test_sigkill_then_resume_auto_matches_uninterrupted_run(faces, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": REPO}
-    straight = tmp_path / "straight"
-    proc = run_script(baseline_args(faces, straight, 4)[0], baseline_args(faces, straight, 4)[1:])
-    assert proc.returncode == 0, proc.stderr[-2000:]
+# --------------------------------------------------------------------------- killing a run
+def complete_log(out):
+    """The log lines written so far (a line still being written does not count)."""
+    path = out / "log.jsonl"
+    text = path.read_text() if path.is_file() else ""
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
-    killed = tmp_path / "killed"
-    cmd = [sys.executable, *map(str, baseline_args(faces, killed, 4, "--resume", "auto"))]
-    victim = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (killed / "log.jsonl").is_file():
+
+def kill_inside_epoch_1(proc, out, victim=None, timeout=600):
+    """Wait for epoch 0's log line (its checkpoint is saved before it), then SIGKILL the process
+    ``victim()`` names (default ``proc``) about 40 % into epoch 1."""
+    deadline = time.monotonic() + timeout
+    while not complete_log(out):
+        assert proc.poll() is None, f"the run ended with code {proc.returncode} before epoch 0 was logged"
+        assert time.monotonic() < deadline, "epoch 0 was not logged in time"
         time.sleep(0.05)
-    time.sleep(0.5)  # somewhere inside epoch 1 (or its save)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    time.sleep(0.4 * complete_log(out)[0]["epoch_time"])
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(victim() if victim is not None else proc.pid, signal.SIGKILL)
+
+
+def kill_then_resume(stage, args, out):
+    """Run a stage with ``--resume auto`` in ``args``, SIGKILL it inside epoch 1, leave behind the
+    temporary file a kill during a save would, and run the same command again; return that run."""
+    cmd, env = command(stage, args), {**os.environ, **ONE_THREAD}
+    victim = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        kill_inside_epoch_1(victim, out)
+    finally:
+        victim.kill()
+        victim.wait()
     assert victim.returncode == -signal.SIGKILL
-    done_before = len(read_log(killed))
-    assert 1 <= done_before < 4
+    assert 1 <= len(complete_log(out)) < EPOCHS
+    (out / ".checkpoint-last.pth.k1ll3d.tmp").write_bytes(b"half a checkpoint")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "resumed from" in proc.stdout
-    assert strip(read_log(killed)) == strip(read_log(straight))
-    assert not [f for f in os.listdir(killed) if f.endswith(".tmp")]  # no half-written file left
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
-def test_non_finite_loss_stops_with_epoch_and_step(faces, tmp_path):
+@pytest.fixture(scope="module")
+def runs(faces, tmp_path_factory):
+    """``runs(stage)`` -> (uninterrupted run's folder, killed-and-resumed run's folder, the resumed
+    process): EPOCHS epochs of each, once per module; the uninterrupted run goes alongside."""
+    done = {}
+
+    def get(stage):
+        if stage not in done:
+            root = tmp_path_factory.mktemp(stage)
+            with open(root / "straight.txt", "w") as log:
+                straight = subprocess.Popen(command(stage, stage_args(stage, faces, root / "straight", EPOCHS)),
+                                            cwd=REPO, env={**os.environ, **ONE_THREAD}, stdout=log,
+                                            stderr=subprocess.STDOUT)
+                try:
+                    resumed = kill_then_resume(stage, stage_args(stage, faces, root / "killed", EPOCHS, "--resume",
+                                                                 "auto"), root / "killed")
+                finally:
+                    straight.wait(timeout=600)
+            assert straight.returncode == 0, (root / "straight.txt").read_text()[-3000:]
+            done[stage] = root / "straight", root / "killed", resumed
+        return done[stage]
+
+    return get
+
+
+@pytest.mark.parametrize("stage", ["concept", "percept"])
+def test_sigkill_then_resume_auto_matches_uninterrupted_run(stage, runs):
+    straight, killed, resumed = runs(stage)
+    assert f"resumed from {killed / 'checkpoint-last.pth'} at epoch" in resumed.stdout
+    log = read_log(killed)
+    assert [r["epoch"] for r in log] == list(range(EPOCHS))  # no epoch twice, none missing
+    assert strip(log) == strip(read_log(straight))
+    assert (killed / "log.csv").read_text().count("\n") == EPOCHS + 1
+    assert not [f for f in os.listdir(killed) if f.endswith(".tmp")]  # the stale temporary file is gone
+
+
+def worker_pids(agent_pid):
+    """{rank: pid} of the worker processes torchrun's agent started (its children)."""
+    workers = {}
+    children = []
+    for task in os.listdir(f"/proc/{agent_pid}/task"):
+        try:
+            with open(f"/proc/{agent_pid}/task/{task}/children") as handle:
+                children += map(int, handle.read().split())
+        except FileNotFoundError:  # a thread that just ended
+            continue
+    for pid in children:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                variables = dict(v.split(b"=", 1) for v in handle.read().split(b"\0") if b"=" in v)
+        except FileNotFoundError:
+            continue
+        if b"RANK" in variables:
+            workers[int(variables[b"RANK"])] = pid
+    return workers
+
+
+def test_torchrun_restarts_a_killed_worker_and_the_job_continues_from_checkpoint_last(faces, tmp_path):
+    """torchrun --max-restarts=1, rank 0 SIGKILLed in epoch 1 (of 2, to keep three torchrun starts cheap):
+    the restarted workers continue from checkpoint-last.pth by themselves (no --resume given) and the log
+    equals an uninterrupted run's."""
+    epochs = 2
+
+    def args(out):
+        return stage_args("percept", faces, out, epochs, "--batch_size", 4)
+
+    proc = torchrun("main_percept.py", args(tmp_path / "straight"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    out = tmp_path / "elastic"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+           os.path.join(REPO, "main_percept.py"), *map(str, args(out))]
+    with open(tmp_path / "elastic.txt", "w") as log:
+        agent = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **ONE_THREAD}, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            kill_inside_epoch_1(agent, out, victim=lambda: worker_pids(agent.pid)[0])
+            agent.wait(timeout=300)
+        finally:
+            if agent.poll() is None:  # a hang: end the agent and its workers (its own process group)
+                os.killpg(agent.pid, signal.SIGKILL)
+            agent.wait()
+    text = (tmp_path / "elastic.txt").read_text()
+    assert agent.returncode == 0, text[-3000:]
+    assert f"torchrun restarted the workers (restart 1); continuing from {out / 'checkpoint-last.pth'}" in text
+    assert f"resumed from {out / 'checkpoint-last.pth'} at epoch" in text
+    log = read_log(out)
+    assert [r["epoch"] for r in log] == list(range(epochs))
+    assert strip(log) == strip(read_log(tmp_path / "straight"))
+
+
+def test_resume_rules_auto_and_torchrun_restart(tmp_path):
+    last = str(tmp_path / "checkpoint-last.pth")
+    assert resolve_resume("auto", tmp_path) == "" and resolve_resume("", tmp_path, "job-1") == ""
+    assert resolve_resume("a.pth", tmp_path) == "a.pth"
+    save_checkpoint(last, {"epoch": 3, "args": {"elastic_run_id": "job-1"}})
+    assert resolve_resume("auto", tmp_path) == last
+    assert resolve_resume("", tmp_path) == "" and resolve_resume("a.pth", tmp_path) == "a.pth"  # no restart
+    assert resolve_resume("", tmp_path, "job-1") == last  # restarted: this job's progress
+    assert resolve_resume("a.pth", tmp_path, "job-1") == last
+    assert resolve_resume("", tmp_path, "job-2") == ""  # left there by another run: not taken
+    assert resolve_resume("a.pth", tmp_path, "job-2") == "a.pth"
+
+
+def test_log_matches_the_checkpoint_it_starts_from(tmp_path):
+    """The log a resumed run continues: epochs before the start epoch once each (lines the checkpoint
+    knows but the log lacks added, later or repeated lines dropped); a fresh run's log starts empty."""
+    records = [{"epoch": e, "train_loss": 1.0 / (e + 1), "eval_acc": 10.0 * e} for e in range(4)]
+    lines = [records[0], records[2], records[2], records[3]]  # epoch 1 missing, 2 twice, 3 not in the checkpoint
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"epoch": 4, "tr')
+    (tmp_path / ".log.csv.x1.tmp").write_text("epoch\n")
+    RunLogger(str(tmp_path), start_epoch=3, history=records[:3]).close()
+    assert read_log(tmp_path) == records[:3]
+    assert (tmp_path / "log.csv").read_text().splitlines() == ["epoch,train_loss,eval_acc"] + [
+        f"{r['epoch']},{r['train_loss']},{r['eval_acc']}" for r in records[:3]]
+    assert not (tmp_path / ".log.csv.x1.tmp").exists()
+    (tmp_path / "plain.txt").write_text("")  # files written atomically get an ordinary file's mode, not 0600
+    assert (tmp_path / "log.jsonl").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
+    RunLogger(str(tmp_path), start_epoch=0).close()
+    assert not (tmp_path / "log.jsonl").exists() and not (tmp_path / "log.csv").exists()
+
+
+# --------------------------------------------------------------------------- files of another kind
+def test_checkpoint_of_another_kind_is_refused_before_anything_is_written(runs, faces, tmp_path, capfd):
+    concept, percept = runs("concept")[0], runs("percept")[0]
+    out = tmp_path / "out"
+    proc = run_inprocess("main_percept.py", stage_args("percept", faces, out, 1, "--resume",
+                                                       concept / "checkpoint-last.pth"), capfd)
+    assert_user_error(proc, str(concept / "checkpoint-last.pth"), "'ConceptNet'", "--resume")
+    proc = run_inprocess("main_percept.py", stage_args("percept", faces, out, 1, "--resume",
+                                                       percept / "checkpoint-best.pth"), capfd)
+    assert_user_error(proc, str(percept / "checkpoint-best.pth"), "weights only", "checkpoint-last.pth")
+    proc = run_inprocess("high_confidence.py", ["--concept_ckpt", percept / "checkpoint-best.pth", "--data_path",
+                                                faces / "train", "--output_dir", out, "--device", "cpu"], capfd)
+    assert_user_error(proc, str(percept / "checkpoint-best.pth"), "not a stage-1")
+    assert_no_output(out)
+
+
+# --------------------------------------------------------------------------- divergence
+def test_non_finite_loss_stops_with_epoch_and_step(faces, tmp_path, capfd):
     out = tmp_path / "nan"
-    args = baseline_args(faces, out, 2, "--lr", "1e38")
-    proc = run_script(args[0], args[1:])
+    proc = run_inprocess("main_percept.py", stage_args("percept", faces, out, 2, "--lr", "1e38"), capfd)
     assert_user_error(proc, "epoch 0, step")
     assert not (out / "checkpoint-last.pth").exists()  # never overwritten by a diverged state
 
 
+# --------------------------------------------------------------------------- hostile files
 class Payload:
     def __init__(self, sentinel):
         self.sentinel = sentinel
@@ -63,15 +230,36 @@ class Payload:
         return (os.system, (f"touch {self.sentinel}",))
 
 
-def test_payload_checkpoint_is_refused_without_running(faces, tmp_path):
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch.load's note on the payload's format
+def test_payload_checkpoint_is_refused_without_running(faces, tmp_path, capfd):
     sentinel = tmp_path / "PWNED"
     evil = tmp_path / "evil.pth"
     evil.write_bytes(pickle.dumps({"model": Payload(sentinel)}))
     out = tmp_path / "out"
-    args = baseline_args(faces, out, 1, "--resume", evil)
-    proc = run_script(args[0], args[1:])
+    proc = run_inprocess("main_percept.py", stage_args("percept", faces, out, 1, "--resume", evil), capfd)
     assert_user_error(proc, "evil.pth", "refused")
     proc = run_script("high_confidence.py", ["--concept_ckpt", evil, "--data_path", faces / "train", "--output_dir",
-                                             tmp_path / "conf", "--device", "cpu"])
-    assert_user_error(proc, "evil.pth")
+                                             tmp_path / "conf", "--device", "cpu"], env=ONE_THREAD)  # a real process
+    assert_user_error(proc, "evil.pth", "refused")
     assert not sentinel.exists()
+    assert_no_output(out)
+    assert_no_output(tmp_path / "conf")
+
+
+def test_payload_pretrained_weights_are_refused_without_running(faces, tmp_path, capfd):
+    """A VGGFace2 pickle and an MS-Celeb checkpoint that would run ``touch`` when unpickled naively."""
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(Payload(control)))  # the payload works when loaded the unsafe way
+    assert control.exists()
+    sentinel = tmp_path / "PWNED"
+    pkl = tmp_path / "resnet50_ft_weight.pkl"
+    pkl.write_bytes(pickle.dumps({"conv1.weight": Payload(sentinel)}, protocol=2))
+    pth = tmp_path / "resnet18_msceleb.pth"
+    torch.save({"state_dict": {"conv1.weight": Payload(sentinel)}}, pth)
+    out = tmp_path / "out"
+    proc = run_inprocess("main_concept.py", stage_args("concept", faces, out, 1, "--pretrained", pkl), capfd)
+    assert_user_error(proc, str(pkl), "refuses", "posix.system")
+    proc = run_inprocess("main_percept.py", stage_args("percept", faces, out, 1, "--pretrained", pth), capfd)
+    assert_user_error(proc, str(pth), "refused")
+    assert not sentinel.exists()
+    assert_no_output(out)

@@ -13,11 +13,18 @@ import os
 import pickle
 import random
 import tempfile
+import zipfile
 
 import numpy as np
 import torch
 
 from utils.errors import UserError
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -27,6 +34,7 @@ def atomic_path(path):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); give it a normal file's mode
     try:
         yield tmp
         with open(tmp, "rb") as handle:
@@ -73,20 +81,61 @@ def sha256_file(path, chunk=1 << 20):
     return digest.hexdigest()
 
 
-def resolve_resume(resume, output_dir):
-    """``auto`` means OUTPUT/checkpoint-last.pth when it exists; '' means a fresh start."""
-    if resume == "auto":
-        path = os.path.join(output_dir, "checkpoint-last.pth")
-        return path if os.path.isfile(path) else ""
-    return resume or ""
+def elastic_restart():
+    """(restart count, run id) that torchrun gives its workers (``TORCHELASTIC_RESTART_COUNT``,
+    ``TORCHELASTIC_RUN_ID``); (0, None) outside torchrun. The count grows each time torchrun
+    (``--max-restarts``) restarts the worker group after a failure."""
+    count = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return (int(count) if count.isdigit() else 0), os.environ.get("TORCHELASTIC_RUN_ID")
 
 
-def load_checkpoint(path, what="checkpoint"):
-    """Load a checkpoint with ``weights_only=True``; a missing, corrupt or unsafe file is a UserError."""
+def written_by_run(path, run_id):
+    """Whether the training checkpoint ``path`` was written under the torchrun job ``run_id``."""
+    if run_id is None:
+        return False
+    checkpoint = load_checkpoint(path, mmap=True)
+    saved = checkpoint.get("args") if isinstance(checkpoint, dict) else None
+    return isinstance(saved, dict) and saved.get("elastic_run_id") == run_id
+
+
+def resolve_resume(resume, output_dir, restarted_run=None):
+    """The checkpoint a training run continues from, or '' for a fresh start.
+
+    ``auto`` means OUTPUT/checkpoint-last.pth when it exists. ``restarted_run`` is the torchrun job id
+    of a worker group that torchrun restarted: it continues from OUTPUT/checkpoint-last.pth whenever
+    that job wrote it, whatever ``resume`` says (the failed attempt's epochs are there; starting again
+    from ``resume`` would repeat them), but never from a checkpoint-last.pth left by another run.
+    """
+    last = os.path.join(output_dir, "checkpoint-last.pth")
+    if os.path.isfile(last) and (resume == "auto" or written_by_run(last, restarted_run)):
+        return last
+    return "" if resume == "auto" else (resume or "")
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporary files of :func:`atomic_path` that a killed process left in ``folder``
+    (``.NAME.XXXX.tmp``; the files they were meant to replace are intact). Call it only from the one
+    process that writes there, before it writes. Returns the names removed."""
+    removed = []
+    for name in os.listdir(folder) if os.path.isdir(folder) else ():
+        path = os.path.join(folder, name)
+        if name.startswith(".") and name.endswith(".tmp") and os.path.isfile(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+                removed.append(name)
+    return removed
+
+
+def load_checkpoint(path, what="checkpoint", mmap=False):
+    """Load a checkpoint with ``weights_only=True``; a missing, corrupt or unsafe file is a UserError.
+
+    ``mmap=True`` maps the tensors instead of reading them (for a look at the metadata); it applies to
+    the zip format ``torch.save`` writes, other files are read normally.
+    """
     if not os.path.isfile(path):
         raise UserError(f"{what} {path} not found; pass the right path (a stage writes OUTPUT/checkpoint-best.pth).")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
         raise UserError(f"{what} {path} is refused: it is not a plain tensor checkpoint ({first}); only files "

@@ -11,7 +11,8 @@ import torch
 
 from dataset_concept import DATASETS, DEFAULT_EVAL_PATH, DEFAULT_TRAIN_PATH
 from utils import distributed as du
-from utils.checkpoint import resolve_resume, sha256_file, write_json
+from utils.checkpoint import elastic_restart, load_checkpoint, resolve_resume, sha256_file, write_json
+from utils.engine import check_meta
 from utils.errors import UserError
 
 
@@ -65,8 +66,9 @@ def check_args(args):
             raise UserError(f"--{name} must be positive, got {value}.")
     if args.input_size < 16 or args.input_size > 1024:
         raise UserError(f"--input_size {args.input_size} is outside 16..1024 pixels.")
-    if args.num_workers < 0 or args.weight_decay < 0:
-        raise UserError("--num_workers and --weight_decay cannot be negative.")
+    for name in ("num_workers", "weight_decay"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name} cannot be negative, got {getattr(args, name)}.")
     if args.eval and not args.resume:
         raise UserError("--eval needs --resume CHECKPOINT (the checkpoint to evaluate).")
 
@@ -85,7 +87,36 @@ def start_run(args):
     du.seed_everything(args.seed)
     if args.lr is None:
         args.lr = args.blr * args.world_size
+    args.elastic_run_id = elastic_restart()[1]  # saved in checkpoints: which torchrun job wrote them
     return args
+
+
+def prepare_resume(args, meta):
+    """Settle, before anything is written, the checkpoint a training run continues from, and check it.
+
+    The checkpoint (``--resume PATH``, ``--resume auto``, or, in a worker group that torchrun restarted,
+    OUTPUT/checkpoint-last.pth of this job) must be a training checkpoint (checkpoint-last.pth, not the
+    weights-only checkpoint-best.pth) of the same model, classes and input size (``meta``); otherwise
+    the run stops with one sentence before config.json or any other file exists. Sets ``args.resume``
+    to that path ('' for a fresh start) so config.json and :func:`utils.engine.fit` use the same file.
+    """
+    if args.eval:
+        return
+    restarts, run_id = elastic_restart()
+    path = resolve_resume(args.resume, args.output_dir, run_id if restarts else None)
+    if restarts:
+        last = os.path.join(args.output_dir, "checkpoint-last.pth")
+        print(f"torchrun restarted the workers (restart {restarts}); "
+              + (f"continuing from {last}." if path == last else
+                 f"this job saved no checkpoint-last.pth in {args.output_dir} yet, so it starts "
+                 + (f"again from {path}." if path else "from scratch.")), flush=True)
+    if path:
+        checkpoint = load_checkpoint(path, mmap=True)
+        check_meta(checkpoint, meta, path)
+        if "optimizer" not in checkpoint:
+            raise UserError(f"{path} holds weights only (a checkpoint-best.pth), not the training state; continue "
+                            f"training from checkpoint-last.pth of the same output folder, or evaluate it with --eval.")
+    args.resume = path
 
 
 def plain_args(args):

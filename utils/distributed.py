@@ -14,6 +14,7 @@ import random
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.rendezvous import rendezvous
 
 from utils.errors import UserError
 
@@ -61,8 +62,15 @@ def init_distributed(device="auto", dist_url="env://", timeout_minutes=30):
     if dist_url == "env://" and "MASTER_ADDR" not in os.environ:
         raise UserError("a multi-process run needs MASTER_ADDR and MASTER_PORT; launch it with torchrun "
                         "(or set them in the SLURM script, see README).")
-    dist.init_process_group(backend=backend, init_method=dist_url, world_size=world_size, rank=rank,
-                            timeout=datetime.timedelta(minutes=timeout_minutes),
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    store, restart = None, os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if dist_url == "env://" and restart is not None:
+        # torchrun keeps one key-value store across the restarts of a worker group (--max-restarts); the new
+        # group would read the failed one's keys (gloo addresses, NCCL ids) and hang, so each attempt gets its own
+        store = next(rendezvous(dist_url, rank, world_size, timeout=timeout))[0]
+        store = dist.PrefixStore(f"attempt_{restart}/", store)
+    dist.init_process_group(backend=backend, init_method=None if store else dist_url, store=store,
+                            world_size=world_size, rank=rank, timeout=timeout,
                             device_id=resolved if resolved.type == "cuda" else None)
     setup_for_distributed(rank == 0)
     return {"distributed": True, "rank": rank, "world_size": world_size, "local_rank": local_rank,

@@ -1,9 +1,12 @@
 """Per-epoch records: one JSON line in log.jsonl, the same numbers in log.csv, TensorBoard scalars,
 and one plain-text line on stdout that a ``nohup`` user can read. Only rank 0 writes.
 
-Lines are appended and flushed to disk every epoch, never rewritten. A resumed run appends the
-epochs its checkpoint knows about but the log lacks (a kill between the checkpoint and the log
-line), so the log always matches checkpoint-last.
+Lines are appended and flushed to disk every epoch. When a run starts, the log is made to match
+the checkpoint it starts from: a resumed run keeps the lines of the epochs before its start epoch
+and adds those its checkpoint knows about but the log lacks (a kill between the checkpoint and the
+log line), and drops any line of a later epoch and any duplicate; a fresh run starts an empty log.
+So log.jsonl and log.csv hold one line per epoch of checkpoint-last, also after a kill or a
+torchrun restart.
 """
 import csv
 import json
@@ -14,6 +17,7 @@ import sys
 from tqdm import tqdm
 
 from utils import distributed as du
+from utils.checkpoint import atomic_path, atomic_write_bytes, remove_stale_temporaries
 
 
 def show_progress():
@@ -37,6 +41,27 @@ def format_line(record, keys=None):
     return " | ".join(f"{k} {_format(record[k])}" for k in keys if k in record)
 
 
+def clean_record(record):
+    """The record as logged: non-finite floats become None (JSON null, an empty CSV cell)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def read_jsonl(path):
+    """The records of a log.jsonl ([] when it does not exist); a line cut short by a kill is skipped."""
+    if not os.path.isfile(path):
+        return []
+    records = []
+    with open(path) as handle:
+        for line in handle:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
 class RunLogger:
     """Writes log.jsonl, log.csv and TensorBoard scalars under a run's output folder (rank 0 only)."""
 
@@ -48,21 +73,43 @@ class RunLogger:
         if not self.enabled:
             return
         os.makedirs(output_dir, exist_ok=True)
-        logged = set()
-        if os.path.isfile(self.jsonl):
-            with open(self.jsonl) as handle:
-                logged = {json.loads(line)["epoch"] for line in handle if line.strip()}
+        remove_stale_temporaries(output_dir)
+        records = {}
+        for record in read_jsonl(self.jsonl):  # what the log says, up to the start epoch, once per epoch
+            if isinstance(record.get("epoch"), int) and record["epoch"] < start_epoch:
+                records.setdefault(record["epoch"], record)
+        missing = [r for r in history if r["epoch"] < start_epoch and r["epoch"] not in records]
+        records.update({r["epoch"]: clean_record(r) for r in missing})
+        self._rewrite([records[epoch] for epoch in sorted(records)])
         from torch.utils.tensorboard import SummaryWriter  # tensorboard is slow to import; only rank 0 needs it
-        self.writer = SummaryWriter(log_dir or os.path.join(output_dir, "tb"), purge_step=start_epoch or None)
-        for record in history:
-            if record["epoch"] not in logged and record["epoch"] < start_epoch:
-                self.log(record, echo=False)
+        self.writer = SummaryWriter(log_dir or os.path.join(output_dir, "tb"), purge_step=start_epoch)
+        for record in missing:
+            self._scalars(record)
+        self.writer.flush()
+
+    def _rewrite(self, records):
+        """Replace log.jsonl and log.csv (atomically) by ``records``; no records, no files."""
+        if not records:
+            for path in (self.jsonl, self.csv):
+                if os.path.isfile(path):
+                    os.remove(path)
+            return
+        atomic_write_bytes(self.jsonl, "".join(json.dumps(r) + "\n" for r in records).encode())
+        with atomic_path(self.csv) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(records[0]), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(records)
+
+    def _scalars(self, record):
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
 
     def log(self, record, echo=True):
         """Append one epoch's record (a flat dict of numbers with an ``epoch`` key)."""
         if not self.enabled:
             return
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        clean = clean_record(record)
         with open(self.jsonl, "a") as handle:
             handle.write(json.dumps(clean) + "\n")
             handle.flush()
@@ -80,9 +127,7 @@ class RunLogger:
             writer.writerow(clean)
             handle.flush()
             os.fsync(handle.fileno())
-        for key, value in record.items():
-            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
-                self.writer.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
+        self._scalars(record)
         self.writer.flush()
         if echo:
             print(format_line(record), flush=True)
