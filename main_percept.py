@@ -45,7 +45,8 @@ def get_args_parser():
     method.add_argument("--pool_features", default="online", choices=("online", "bank"),
                         help="online: encode pooled images each step; bank: stage 2's features, no concept forward")
     method.add_argument("--k", type=int, default=8, help="pooled concepts averaged per low-confidence sample")
-    method.add_argument("--alpha", type=float, default=2.0, help="weight of CE")
+    method.add_argument("--alpha", type=float, default=None,
+                        help="weight of CE: 2 (the paper's stage 3), or 1 with --vad (METHOD.md's multi-task loss)")
     method.add_argument("--beta", type=float, default=1.0, help="weight of MMD")
     method.add_argument("--gamma", type=float, default=1.0, help="weight of KL")
     vad = parser.add_argument_group("multi-task category + Valence/Arousal/Dominance")
@@ -59,6 +60,8 @@ def get_args_parser():
 
 
 def check_method_args(args):
+    if args.alpha is None:
+        args.alpha = 1.0 if args.vad else 2.0
     if args.k < 1:
         raise UserError(f"--k must be at least 1, got {args.k}.")
     for name in ("alpha", "beta", "gamma", "lambda_vad", "lambda_cons"):

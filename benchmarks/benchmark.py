@@ -258,6 +258,7 @@ def bench_stage3(bench, results, shared):
     for name, (target, pool_features, concept_model) in rows.items():
         args = stage_args(main_percept.get_args_parser(), bench,
                           ["--concept_target", target, "--pool_features", pool_features])
+        main_percept.check_method_args(args)
         splits, _, _ = build_splits(args)
         train = splits["train"]
         labels = torch.tensor(train.targets)[scores["index"]].numpy()

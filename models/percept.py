@@ -1,4 +1,6 @@
 """The perceptual network (METHOD.md, stage 3), optionally with the VAD head of the second system."""
+import math
+
 from torch import nn
 
 from models.backbones import as_feature_extractor, load_msceleb_weights, msceleb_resnet18
@@ -11,6 +13,14 @@ class PerceptNet(nn.Module):
     Input is RGB (torchvision convention of the MS-Celeb model; no channel flip). ``pretrained``: path
     to the MS-Celeb checkpoint (sha256 kept in ``self.weights_sha256``) or None for random init.
     ``forward`` returns {"p", "logits"} and, when ``vad``, "vad" (B x 3, unsquashed; targets on -2..2).
+
+    The VAD head reads ``sqrt(dim) * p`` (:meth:`vad_from_feature`), i.e. p rescaled to unit mean square
+    per component. p is L2-normalised, so its components are about 1/sqrt(dim) = 0.06; fed as is to
+    default-initialised linear layers, the head's outputs start about 100x narrower than the targets
+    (std 0.01 against about 1 on -2..2), and Adam, which moves each weight by about lr per step, needs
+    hundreds of steps just to grow that scale: the predictions stay shrunk towards the mean, and CCC,
+    which penalises a too-narrow spread, stays near 0 even when they correlate with the targets. The
+    category head reads p unscaled (CRPN's classifier; softmax needs no particular scale to rank).
     """
 
     def __init__(self, num_classes, pretrained=None, vad=False, dim=256, hidden=128, dropout=0.4):
@@ -28,10 +38,15 @@ class PerceptNet(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
         self.vad_head = (nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 3))
                          if vad else None)
+        self.vad_input_scale = math.sqrt(dim)
+
+    def vad_from_feature(self, p):
+        """The B x 3 VAD prediction from unit features p (B x dim): the head applied to sqrt(dim) * p."""
+        return self.vad_head(p * self.vad_input_scale)
 
     def forward(self, x):
         p = self.encoder(x)
         out = {"p": p, "logits": self.classifier(p)}
         if self.vad_head is not None:
-            out["vad"] = self.vad_head(p)
+            out["vad"] = self.vad_from_feature(p)
         return out

@@ -91,7 +91,7 @@ def test_bank_fast_path_gives_the_online_losses_for_the_same_pool_images():
     """--pool_features bank (stage 2's features, no concept forward) and online (one concept forward of
     the batch and its pool images) give the same MMD and KL when the pool images are those the bank
     was made from; --concept_target self gives another MMD."""
-    from main_percept import get_args_parser, make_loss_fn
+    from main_percept import check_method_args, get_args_parser, make_loss_fn
     from models.concept import ConceptNet
     from models.percept import PerceptNet
 
@@ -114,6 +114,7 @@ def test_bank_fast_path_gives_the_online_losses_for_the_same_pool_images():
                                          ("self", None, (concept, None))):
         args = get_args_parser().parse_args(["--concept_target", "self" if name == "self" else "pool",
                                              "--pool_features", pool_features or "online", "--k", "2"])
+        check_method_args(args)
         data = PerceptTrainSet(Faces(targets), mask, k=2, pool_features=pool_features, seed=1)
         batch = collate_percept([data[i] for i in range(len(targets))])
         if name == "online":
