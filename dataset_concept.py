@@ -116,6 +116,22 @@ class FaceDataset(Dataset):
             h.update(f"{ref}\t{label}\n".encode())
         return h.hexdigest()[:16]
 
+    def source_files(self):
+        """The files the images are read from (for :meth:`content_stamp`)."""
+        return sorted({os.path.join(self.root, str(ref)) for ref, _ in self.samples})
+
+    def content_stamp(self):
+        """A short hash of the source files' sizes and modification times: a cache made from other
+        bytes at the same paths (regenerated or replaced images) is not reused."""
+        h = hashlib.sha1()
+        for path in self.source_files():
+            try:
+                info = os.stat(path)
+                h.update(f"{path}\t{info.st_size}\t{info.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{path}\tmissing\n".encode())
+        return h.hexdigest()[:8]
+
 
 class FolderFaces(FaceDataset):
     """ImageFolder layout, through torchvision's own folder scanning."""
@@ -227,6 +243,9 @@ class Fer2013Csv(FaceDataset):
 
     def describe(self, index):
         return f"{self.csv_path} line {self.rows[index]}"
+
+    def source_files(self):
+        return [self.csv_path]
 
     def _load(self, index):
         values = np.array(str(self.pixels[index]).split(), dtype=np.float32)
@@ -349,7 +368,7 @@ def norm_stats(dataset, cache_dir=None, num_workers=4):
     """Normalisation statistics of a training set, cached as JSON keyed by the dataset's fingerprint."""
     cache = None
     if cache_dir:
-        cache = os.path.join(cache_dir, f"norm_{dataset.name}_{dataset.fingerprint()}.json")
+        cache = os.path.join(cache_dir, f"norm_{dataset.name}_{dataset.fingerprint()}_{dataset.content_stamp()}.json")
         if os.path.isfile(cache):
             with open(cache) as handle:
                 saved = json.load(handle)

@@ -34,7 +34,7 @@ def get_args_parser():
     method.add_argument("--focal_alpha", default=None,
                         help="per-class focal alphas: 'rafdb' (the paper's, for the 7 canonical classes), 'auto' "
                              "(from class frequencies) or a comma-separated list in label order; default rafdb for "
-                             "the 7 canonical classes, auto otherwise")
+                             "RAF-DB (--dataset rafdb, or folder with the 7 canonical classes), auto otherwise")
     method.add_argument("--focal_gamma", type=float, default=2.0)
     method.add_argument("--rr_ratio", type=float, default=0.7, help="share of the batch in the high-confidence group")
     method.add_argument("--rr_margin", type=float, default=0.15)
@@ -46,10 +46,11 @@ def get_args_parser():
     return parser
 
 
-def resolve_focal_alpha(spec, classes, targets):
-    """The per-class focal alphas as a list, in label order."""
+def resolve_focal_alpha(spec, classes, targets, dataset="folder"):
+    """The per-class focal alphas as a list, in label order (default: the paper's for RAF-DB, whose
+    default layout is class folders, and the frequency rule for every other dataset)."""
     if spec is None:
-        spec = "rafdb" if classes == CLASSES_7 else "auto"
+        spec = "rafdb" if classes == CLASSES_7 and dataset in ("folder", "rafdb") else "auto"
     if spec == "rafdb":
         if classes != CLASSES_7:
             raise UserError(f"--focal_alpha rafdb needs the 7 classes {CLASSES_7}, this data has {classes}; "
@@ -107,7 +108,7 @@ def main(argv=None):
     pretrained = resolve_pretrained(args.pretrained) if not args.eval else None
     splits, mean, std = build_splits(args)
     classes = splits["train"].classes
-    focal_alpha = resolve_focal_alpha(args.focal_alpha, classes, splits["train"].targets)
+    focal_alpha = resolve_focal_alpha(args.focal_alpha, classes, splits["train"].targets, args.dataset)
 
     model = ConceptNet(len(classes), pretrained, nonemotion_bn_update=args.nonemotion_bn_update)
     model, ddp_model, optimizer, scheduler, per_iteration, amp_dtype, scaler = prepare_training(args, model)

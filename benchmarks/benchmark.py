@@ -78,7 +78,7 @@ def parse_args(argv=None):
     parser.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--images_per_class", type=int, default=40, help="synthetic training faces per class")
     parser.add_argument("--latency_size", type=int, default=224, help="input size of the inference row")
-    parser.add_argument("--latency_repeats", type=int, default=10)
+    parser.add_argument("--latency_repeats", type=int, default=20)
     parser.add_argument("--lcc_batch", type=int, default=64)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", action="store_true")
@@ -279,25 +279,35 @@ def bench_stage3(bench, results, shared):
 
 
 def bench_inference(bench, results):
+    """Parameters, FLOPs and batch-1 latency; the two networks are timed alternately, so that a change
+    in the machine's speed during the row affects both alike."""
     device = torch.device(bench.device_obj)
     size = bench.latency_size
     x = torch.randn(1, 3, size, size, device=device)
+    if bench.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     nets = {"percept": PerceptNet(7), "concept": ConceptNet(7)}
-    emotion_branch = sum(p.numel() for m in (nets["concept"].emotion, nets["concept"].classifier)
-                         for p in m.parameters())
-    for name, net in nets.items():
-        net = net.to(device).eval()
-        if bench.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
+    results["concept_emotion_branch_params"] = sum(p.numel() for m in (nets["concept"].emotion,
+                                                                       nets["concept"].classifier)
+                                                   for p in m.parameters())
+    times = {name: [] for name in nets}
+    with torch.inference_mode():
+        for name, net in nets.items():
+            net = nets[name] = net.to(device).eval()
+            if bench.channels_last:
+                nets[name] = net.to(memory_format=torch.channels_last)
             counter = FlopCounterMode(display=False)
             with counter:
-                net(x)
+                nets[name](x)
             results[f"{name}_flops"] = counter.get_total_flops()
             results[f"{name}_params"] = sum(p.numel() for p in net.parameters())
-            results[f"{name}_latency_ms"] = 1000 * time_calls(lambda: net(x), device, 3, bench.latency_repeats)
-    results["concept_emotion_branch_params"] = emotion_branch
+            for _ in range(3):  # warm-up
+                nets[name](x)
+        for _ in range(bench.latency_repeats):
+            for name, net in nets.items():
+                times[name].append(time_calls(lambda: net(x), device, 0, 1))
+    for name in nets:
+        results[f"{name}_latency_ms"] = 1000 * statistics.median(times[name])
     results["percept_over_concept_latency"] = results["percept_latency_ms"] / results["concept_latency_ms"]
     results["percept_over_concept_params"] = results["percept_params"] / results["concept_params"]
     results["percept_over_concept_flops"] = results["percept_flops"] / results["concept_flops"]

@@ -156,6 +156,10 @@ def test_norm_stats_match_hand_computation(tmp_path):
     cached = norm_stats(ds, str(tmp_path / "cache"), num_workers=0)
     assert len(os.listdir(tmp_path / "cache")) == 1
     assert np.allclose(norm_stats(ds, str(tmp_path / "cache"), num_workers=0), cached)
+    # the same paths with other pixels (a regenerated dataset) are not served the stale statistics
+    write_image(str(tmp_path / "d" / "b" / "0.png"), size=(9, 8), value=10)
+    fresh = norm_stats(build_dataset("folder", str(tmp_path / "d"), "train"), str(tmp_path / "cache"), num_workers=0)
+    assert not np.allclose(fresh[0], cached[0]) and len(os.listdir(tmp_path / "cache")) == 2
 
 
 def test_unreadable_image_named_or_skipped_and_counted(tmp_path):

@@ -462,3 +462,14 @@ def test_vad_mse_value_and_no_broadcast():
         vad_mse(torch.zeros(4, 1), torch.zeros(4, 3))
     with pytest.raises(ValueError):
         vad_mse(torch.zeros(4), torch.zeros(4, 1))
+
+
+def test_default_focal_alphas_are_the_papers_for_rafdb_and_the_rule_elsewhere():
+    from main_concept import resolve_focal_alpha
+    targets = [3] * 20 + [0, 1, 2, 4, 5, 6] * 2
+    auto = [float(a) for a in focal_alpha_from_counts(torch.bincount(torch.tensor(targets), minlength=7))]
+    for dataset in ("folder", "rafdb"):
+        assert resolve_focal_alpha(None, CLASSES_7, targets, dataset) == list(RAFDB_FOCAL_ALPHA)
+    for dataset in ("fer2013", "ferplus", "affectnet"):
+        assert resolve_focal_alpha(None, CLASSES_7, targets, dataset) == auto
+    assert auto != list(RAFDB_FOCAL_ALPHA) and auto[3] == pytest.approx(0.2)

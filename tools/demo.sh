@@ -12,7 +12,7 @@ COMMON=(--input_size "$SIZE" --batch_size 32 --pretrained none --lr 1e-3 --lr_sc
 start=$(date +%s)
 "$PY" tools/make_synthetic_faces.py --out "$FACES" --seed 0 --size 48 --train_per_class 80 --test_per_class 30
 "$PY" main_concept.py --data_path "$FACES/train" --eval_data_path "$FACES/test" --epochs "$EPOCHS1" \
-    --output_dir "$OUT/concept" "${COMMON[@]}"
+    --focal_alpha auto --output_dir "$OUT/concept" "${COMMON[@]}"
 "$PY" high_confidence.py --concept_ckpt "$OUT/concept/checkpoint-best.pth" --data_path "$FACES/train" \
     --output_dir "$OUT/confidence" --num_workers 2 --norm_cache "$OUT/cache"
 "$PY" main_percept.py --data_path "$FACES/train" --eval_data_path "$FACES/test" --epochs "$EPOCHS3" \

@@ -130,6 +130,7 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, scheduler=
             vad_stats = RegressionStats(3) if vad_stats is None else vad_stats
             vad_stats.update(outputs["vad"].detach().float(), batch["vad"])
     elapsed = time.perf_counter() - start
+    lr = optimizer.param_groups[0]["lr"]  # the epoch's lr (before a per-epoch schedule moves it)
     if scheduler is not None and not per_iteration:
         scheduler.step()
     if sums is None:
@@ -141,7 +142,7 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, scheduler=
     total = counts[1].item()
     result = {f"train_{name}": (s / total).item() for name, s in zip(names, sums)}
     result["train_acc"] = 100.0 * counts[0].item() / total
-    result["lr"] = optimizer.param_groups[0]["lr"]
+    result["lr"] = lr
     result["train_images_per_s"] = total / elapsed
     if counts[2].item():
         result["train_skipped_images"] = int(counts[2].item())
