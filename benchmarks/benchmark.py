@@ -51,7 +51,7 @@ from models.percept import PerceptNet  # noqa: E402
 from tools.make_synthetic_faces import make_dataset  # noqa: E402
 from utils.checkpoint import write_json  # noqa: E402
 from utils.cli import start_run  # noqa: E402
-from utils.engine import amp_setup, prepare_training, train_one_epoch  # noqa: E402
+from utils.engine import amp_setup, autocast, optimizer_step, prepare_training, train_one_epoch  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.losses import class_weighted_supcon, class_weighted_supcon_naive  # noqa: E402
 
@@ -194,21 +194,12 @@ def bench_stage1(bench, results):
     x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=args.device_obj)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    autocast = (torch.autocast(args.device_obj.type, dtype=amp_dtype) if amp_dtype is not None
-                else torch.autocast(args.device_obj.type, enabled=False))
 
     def bare_step():
-        with autocast:
+        with autocast(args.device_obj, amp_dtype):
             out = model(x)
             loss = out["e"].float().sum() + out["n"].float().sum() + out["logits"].float().sum()
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        optimizer_step(loss, optimizer, scaler)
 
     def bare_steps():
         for _ in range(bench.steps):

@@ -86,6 +86,18 @@ def build_scheduler(args, optimizer):
 
 
 # --------------------------------------------------------------------------- one epoch
+def optimizer_step(loss, optimizer, scaler=None):
+    """Backward and one optimiser step (through the GradScaler under fp16 autocast)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, scheduler=None, per_iteration=True,
                     scaler=None, amp_dtype=None, channels_last=False):
     """Train one epoch. ``loss_fn(model, batch) -> (loss, parts, outputs)`` where ``parts`` maps names
@@ -108,14 +120,7 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, scheduler=
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"the training loss became {loss.item()} at epoch {epoch}, step {step}; the run "
                                 f"stops and checkpoint-last.pth is the last good state (lower --lr or check the data).")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        optimizer_step(loss, optimizer, scaler)
         if scheduler is not None and per_iteration:
             scheduler.step()
         n = batch["label"].shape[0]
