@@ -23,32 +23,28 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from utils import distributed as du
 from utils.errors import UserError
-from utils.labels import CLASSES_7, CLASSES_8, FER2013_CODES, RAFDB_CODES, code_to_label
+from utils.cli import DEFAULT_EVAL_PATH
+from utils.labels import CLASSES_7, CLASSES_8, DATASETS, FER2013_CODES, RAFDB_CODES, VAD_COLUMNS, code_to_label
 
-DATASETS = ("folder", "rafdb", "fer2013", "ferplus", "affectnet")
-SPLITS = ("train", "eval", "test")
-DEFAULT_TRAIN_PATH = os.path.join("data", "RAF-DB", "train")
-DEFAULT_EVAL_PATH = os.path.join("data", "RAF-DB", "test")
-VAD_COLUMNS = ("Valence", "Arousal", "Dominance")
 RAFDB_LIST = os.path.join("EmoLabel", "list_patition_label.txt")
 RAFDB_IMAGES = os.path.join("Image", "aligned")
 FER2013_USAGE = {"train": "Training", "eval": "PublicTest", "test": "PrivateTest"}
 
 
 # --------------------------------------------------------------------------- transforms
-def resize_size(input_size):
+def resize_size(input_size: int) -> int:
     """The resize before the crop, scaled like 256 -> 224."""
     return int(round(input_size * 256 / 224))
 
 
-def build_transform(is_train, input_size, mean, std):
-    """METHOD.md's transforms: Resize(256) -> RandomCrop(224) -> flip, or Resize -> CenterCrop."""
+def build_transform(is_train: bool, input_size: int, mean: list, std: list) -> transforms.Compose:
+    """The method's transforms (docs/method.md): Resize(256) -> RandomCrop(224) -> flip, or Resize -> CenterCrop."""
     crop = [transforms.RandomCrop(input_size), transforms.RandomHorizontalFlip()] if is_train \
         else [transforms.CenterCrop(input_size)]
     return transforms.Compose([transforms.Resize(resize_size(input_size)), *crop, transforms.ToTensor(),
@@ -75,7 +71,7 @@ class FaceDataset(Dataset):
     def __len__(self):
         return len(self.samples)
 
-    def relpath(self, index):
+    def relpath(self, index: int) -> str:
         return str(self.samples[index][0])
 
     def describe(self, index):
@@ -84,7 +80,7 @@ class FaceDataset(Dataset):
     def _load(self, index):
         return Image.open(os.path.join(self.root, self.samples[index][0]))
 
-    def load_image(self, index):
+    def load_image(self, index: int) -> Image.Image:
         """The PIL RGB image of sample ``index``; an unreadable file is a UserError naming it."""
         try:
             image = self._load(index)
@@ -108,7 +104,7 @@ class FaceDataset(Dataset):
             item["vad"] = torch.tensor(self.vad[index])
         return item
 
-    def fingerprint(self):
+    def fingerprint(self) -> str:
         """A short hash of what the split holds, for caches and for matching stage artefacts."""
         h = hashlib.sha1()
         h.update(json.dumps(self.classes).encode())
@@ -170,30 +166,48 @@ class AffectNetFaces(FolderFaces):
     expected_classes = (CLASSES_8, CLASSES_7)
 
 
+def read_rafdb_list(root, fix="--dataset rafdb expects the RAF-DB basic folder (EmoLabel/ and Image/aligned/), "
+                                "or convert it with tools/prepare_rafdb.py"):
+    """The entries of RAF-DB's list file: [(split, image path relative to ``root``, label index)].
+
+    ``split`` is ``train`` or ``test`` (from the ``train_``/``test_`` name prefix), the path is
+    ``Image/aligned/<name>_aligned.jpg`` and the label indexes CLASSES_7 (official codes 1..7 mapped
+    through RAFDB_CODES). A missing list file is a UserError ending in ``fix``; a malformed line or an
+    empty list is a UserError naming it. Whether the images exist is not checked here.
+    """
+    list_file = os.path.join(root, RAFDB_LIST)
+    if not os.path.isfile(list_file):
+        raise UserError(f"label list {list_file} not found; {fix}.")
+    to_label = code_to_label(RAFDB_CODES, CLASSES_7)
+    entries = []
+    with open(list_file) as handle:
+        for lineno, line in enumerate(handle, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) not in to_label:
+                raise UserError(f"{list_file} line {lineno} is not '<name>.jpg <label 1..7>': {line.strip()!r}; "
+                                f"fix that line.")
+            name, code = parts
+            split = next((s for s in ("train", "test") if name.startswith(s + "_")), None)
+            if split is None:
+                raise UserError(f"{list_file} line {lineno} names {name!r}, which starts with neither 'train_' nor "
+                                f"'test_'; fix that line.")
+            stem, ext = os.path.splitext(name)
+            entries.append((split, os.path.join(RAFDB_IMAGES, f"{stem}_aligned{ext}"), to_label[int(code)]))
+    if not entries:
+        raise UserError(f"{list_file} lists no images; check that it is the RAF-DB basic label file.")
+    return entries
+
+
 class RafDbList(FaceDataset):
-    """RAF-DB basic list-file layout (labels 1..7 mapped onto CLASSES_7)."""
+    """RAF-DB basic list-file layout (labels 1..7 mapped onto CLASSES_7); eval and test read the test lines."""
 
     name = "rafdb"
 
     def __init__(self, root, split, transform=None, skip_bad_images=False):
-        list_file = os.path.join(root, RAFDB_LIST)
-        if not os.path.isfile(list_file):
-            raise UserError(f"{list_file} not found; --dataset rafdb expects the RAF-DB basic folder "
-                            f"(EmoLabel/ and Image/aligned/), or convert it with tools/prepare_rafdb.py.")
-        to_label = code_to_label(RAFDB_CODES, CLASSES_7)
-        prefix = "train" if split == "train" else "test"
-        samples = []
-        with open(list_file) as handle:
-            for lineno, line in enumerate(handle, 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) not in to_label:
-                    raise UserError(f"{list_file} line {lineno} is not '<name>.jpg <label 1..7>': {line.strip()!r}.")
-                name, code = parts
-                if name.startswith(prefix):
-                    stem, ext = os.path.splitext(name)
-                    samples.append((os.path.join(RAFDB_IMAGES, f"{stem}_aligned{ext}"), to_label[int(code)]))
+        wanted = "train" if split == "train" else "test"
+        samples = [(path, label) for part, path, label in read_rafdb_list(root) if part == wanted]
         super().__init__(root, CLASSES_7, samples, transform, skip_bad_images)
 
 
@@ -275,7 +289,8 @@ class ImageFiles(FaceDataset):
         super().__init__("", [], [(p, -1) for p in paths], transform, skip_bad_images)
 
 
-def build_dataset(kind, path, split, transform=None, skip_bad_images=False, vad=False, skip_missing_vad=False):
+def build_dataset(kind: str, path: str, split: str, transform=None, skip_bad_images: bool = False, vad: bool = False,
+                  skip_missing_vad: bool = False) -> FaceDataset:
     """The dataset of one split (``train``, ``eval`` or ``test``) in the format ``kind``."""
     if vad and kind != "fer2013":
         raise UserError("--vad needs VAD labels, which only the FER2013-format CSV carries; pass --dataset fer2013.")
@@ -296,7 +311,7 @@ def check_same_classes(train_set, other_set, what):
 
 
 # --------------------------------------------------------------------------- loading
-def collate_skip_none(batch):
+def collate_skip_none(batch: list) -> dict:
     """default_collate after dropping samples that --skip_bad_images turned into None.
 
     The number dropped travels as ``batch["skipped"]``; an all-bad batch becomes ``{"skipped": n}``.
@@ -346,7 +361,7 @@ class _ImageStats(Dataset):
         return torch.cat([mean, std, torch.ones(1, dtype=torch.float64)])
 
 
-def compute_norm_stats(dataset, batch_size=256, num_workers=4):
+def compute_norm_stats(dataset: FaceDataset, batch_size: int = 256, num_workers: int = 4) -> tuple[list, list]:
     """(mean, std): the average over images of per-image channel means and population stds.
 
     Images are read in batches by a DataLoader, sharded over ranks and summed exactly.
@@ -364,7 +379,7 @@ def compute_norm_stats(dataset, batch_size=256, num_workers=4):
     return (total[:3] / count).tolist(), (total[3:6] / count).tolist()
 
 
-def norm_stats(dataset, cache_dir=None, num_workers=4):
+def norm_stats(dataset: FaceDataset, cache_dir: str | None = None, num_workers: int = 4) -> tuple[list, list]:
     """Normalisation statistics of a training set, cached as JSON keyed by the dataset's fingerprint."""
     cache = None
     if cache_dir:
@@ -390,8 +405,8 @@ def fer2013_has_usage(path):
         return False
 
 
-def build_splits(args, vad=False, train_transform=True):
-    """The train / eval / (test) datasets of a stage with METHOD.md's transforms.
+def build_splits(args, vad: bool = False, train_transform: bool = True) -> tuple[dict, list, list]:
+    """The train / eval / (test) datasets of a stage with the method's transforms.
 
     Normalisation statistics are those of the training images (cached); classes must agree across
     splits. Returns (splits dict, mean, std).
@@ -412,7 +427,7 @@ def build_splits(args, vad=False, train_transform=True):
     return splits, mean, std
 
 
-def train_loader(dataset, args, collate_fn=collate_skip_none):
+def train_loader(dataset, args, collate_fn=collate_skip_none) -> tuple[DataLoader, DistributedSampler]:
     """Shuffled, sharded over ranks (DistributedSampler, also on one process), full batches only."""
     world, rank = du.get_world_size(), du.get_rank()
     if len(dataset) // world < args.batch_size:
@@ -425,7 +440,7 @@ def train_loader(dataset, args, collate_fn=collate_skip_none):
     return loader, sampler
 
 
-def eval_loader(dataset, args):
+def eval_loader(dataset, args) -> DataLoader:
     """In order, rank r taking samples r, r+W, ...: every sample exactly once, no padding."""
     return make_loader(dataset, args.batch_size, du.ShardSampler(len(dataset)), num_workers=args.num_workers,
                        device=args.device_obj, persistent_workers=args.num_workers > 0,

@@ -18,11 +18,13 @@ import torch
 from torch.utils.data import Dataset
 
 from dataset_concept import collate_skip_none
-from utils.checkpoint import load_checkpoint
+from models.concept import frozen_concept, load_concept_checkpoint
+from utils.checkpoint import load_checkpoint, sha256_file
+from utils.cli import existing_file
 from utils.errors import UserError
 
 
-def load_bank(confidence_dir, train_set, input_size, concept_sha256=None):
+def load_bank(confidence_dir: str, train_set, input_size: int, concept_sha256: str | None = None) -> dict:
     """bank.pt from stage 2, checked against this run's training set, input size and concept model."""
     path = os.path.join(confidence_dir, "bank.pt")
     if not os.path.isfile(path):
@@ -50,7 +52,7 @@ def load_bank(confidence_dir, train_set, input_size, concept_sha256=None):
 class PerceptTrainSet(Dataset):
     """Wraps a stage-1 style dataset; adds ``mask`` and the pooled concepts' sources."""
 
-    def __init__(self, base, mask, k=8, pool_features="online", seed=42):
+    def __init__(self, base, mask, k: int = 8, pool_features: str | None = "online", seed: int = 42):
         if pool_features not in ("online", "bank", None):
             raise ValueError(pool_features)
         self.base = base
@@ -76,11 +78,11 @@ class PerceptTrainSet(Dataset):
     def __len__(self):
         return len(self.base)
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch: int) -> None:
         """Pool draws depend on (seed, epoch, index) only: reproducible across workers and resumes."""
         self.epoch = epoch
 
-    def draw_pool(self, index):
+    def draw_pool(self, index: int) -> np.ndarray:
         """K members of the sample's class pool, with replacement only when the pool has fewer than K."""
         pool = self.pools[self.base.targets[index]]
         rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -103,7 +105,7 @@ class PerceptTrainSet(Dataset):
         return item
 
 
-def collate_percept(batch):
+def collate_percept(batch: list) -> dict:
     """collate_skip_none, with online pool images concatenated and tagged with their batch row."""
     pools, owners = [], []
     row = 0
@@ -122,9 +124,32 @@ def collate_percept(batch):
     return out
 
 
-def pooled_concepts(features, owner, batch_size):
-    """Mean feature per batch row of the rows' pool members (rows without members get zeros)."""
-    sums = torch.zeros(batch_size, features.shape[1], dtype=features.dtype, device=features.device)
-    sums.index_add_(0, owner, features)
-    counts = torch.bincount(owner, minlength=batch_size).clamp(min=1).to(features.dtype)
-    return sums / counts[:, None]
+def concept_regularisation(args, train_set) -> tuple:
+    """Stage 3's wiring of the concept regulariser (``--concept_target pool|self``).
+
+    Reads stage 2's bank (checked against ``train_set``, the input size and, for online targets, the
+    concept checkpoint), loads the frozen concept model when targets are encoded online, and wraps the
+    training set with the confidence masks and pool draws. Returns (train set, concept model or None,
+    bank features/logits on the device or None, concept checkpoint sha256).
+    """
+    online = args.pool_features == "online"
+    concept = None
+    concept_sha = None
+    if online:
+        existing_file(args.concept_ckpt, "concept checkpoint",
+                      "run stage 1 first (python main_concept.py) or pass --concept_ckpt.")
+        concept_sha = sha256_file(args.concept_ckpt)
+    bank = load_bank(args.confidence_dir, train_set, args.input_size, concept_sha)
+    if online:
+        checkpoint = load_concept_checkpoint(args.concept_ckpt)
+        if checkpoint["meta"]["classes"] != train_set.classes:
+            raise UserError(f"{args.concept_ckpt} was trained on classes {checkpoint['meta']['classes']}, "
+                            f"this run has {train_set.classes}.")
+        concept = frozen_concept(checkpoint, args.device_obj)
+        del checkpoint
+        if args.channels_last:
+            concept = concept.to(memory_format=torch.channels_last)
+    pool_features = "online" if online and args.concept_target == "pool" else ("bank" if not online else None)
+    wrapped = PerceptTrainSet(train_set, bank["mask"], args.k, pool_features, args.seed)
+    features = None if online else {k: bank[k].to(args.device_obj) for k in ("features", "logits")}
+    return wrapped, concept, features, bank["concept_sha256"]

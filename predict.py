@@ -16,10 +16,12 @@ import torch
 
 from dataset_concept import ImageFiles, build_transform, make_loader
 from models.percept import PerceptNet
-from utils.checkpoint import load_checkpoint, save_figure, write_csv
+from utils.checkpoint import load_checkpoint, write_csv
 from utils.distributed import resolve_device
-from utils.engine import VAD_NAMES, to_device
+from utils.engine import to_device
 from utils.errors import UserError, run_main
+from utils.figures import new_figure, save_figure
+from utils.labels import VAD_NAMES
 
 
 def get_args_parser():
@@ -42,7 +44,7 @@ def load_percept(path, device):
     if not meta or not str(meta.get("model", "")).startswith("PerceptNet"):
         raise UserError(f"{path} is not a stage-3 (main_percept.py) checkpoint; predict.py needs the perceptual "
                         f"network, e.g. output/percept/checkpoint-best.pth.")
-    model = PerceptNet(len(meta["classes"]), None, vad=meta.get("vad", False))
+    model = PerceptNet(len(meta["classes"]), None, vad=meta.get("vad", False), backbone=meta.get("backbone", "resnet18"))
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), meta
 
@@ -64,11 +66,9 @@ def run(model, loader, device):
 
 
 def draw(path, image, classes, probs, vad):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     panels = 3 if vad is not None else 2
-    fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3), gridspec_kw={"width_ratios": [1.1, 1.4, 1][:panels]})
+    fig, axes = new_figure(1, panels, figsize=(3.2 * panels, 3), gridspec_kw={"width_ratios": [1.1, 1.4, 1][:panels]})
+    axes = axes[0]
     axes[0].imshow(image)
     axes[0].axis("off")
     best = int(probs.argmax())
@@ -90,7 +90,6 @@ def draw(path, image, classes, probs, vad):
         axes[2].set_title("valence / arousal / dominance")
     fig.tight_layout()
     save_figure(fig, path, dpi=90)
-    plt.close(fig)
 
 
 @run_main

@@ -41,19 +41,19 @@ from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from torch.utils.data import RandomSampler  # noqa: E402
 
-import main_concept  # noqa: E402
-import main_percept  # noqa: E402
 from dataset_concept import build_splits, eval_loader, make_loader, resize_size  # noqa: E402
-from dataset_percept import PerceptTrainSet, collate_percept  # noqa: E402
-from high_confidence import per_class_thresholds, score  # noqa: E402
+from dataset_percept import collate_percept, concept_regularisation  # noqa: E402
+from models.backbones import PERCEPT_BACKBONES  # noqa: E402
 from models.concept import ConceptNet  # noqa: E402
 from models.percept import PerceptNet  # noqa: E402
 from tools.make_synthetic_faces import make_dataset  # noqa: E402
-from utils.checkpoint import write_json  # noqa: E402
-from utils.cli import start_run  # noqa: E402
-from utils.engine import amp_setup, autocast, optimizer_step, prepare_training, train_one_epoch  # noqa: E402
+from utils.checkpoint import save_checkpoint, sha256_file, write_json  # noqa: E402
+from utils.cli import check_percept_args, concept_parser, percept_parser, start_run  # noqa: E402
+from utils.confidence import score, write_artefacts  # noqa: E402
+from utils.engine import Trainer, amp_setup, autocast, optimizer_step  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.losses import class_weighted_supcon, class_weighted_supcon_naive  # noqa: E402
+from utils.objectives import ConceptObjective, PerceptObjective, resolve_focal_alpha  # noqa: E402
 
 TARGETS = {  # key: upper bound (issue #7)
     "stage1_over_bare": 1.15,
@@ -85,7 +85,7 @@ def parse_args(argv=None):
     parser.add_argument("--channels_last", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="", help="write the results here")
-    parser.add_argument("--only", default="", help="comma-separated rows: stage1,stage2,stage3,inference,lcc")
+    parser.add_argument("--only", default="", help="comma-separated rows: stage1,stage2,stage3,inference,backbones,lcc")
     parser.add_argument("--lcc_child", default="", help=argparse.SUPPRESS)  # internal: one L_CC variant
     args = parser.parse_args(argv)
     for name in ("input_size", "batch_size", "steps", "repeats", "images_per_class", "latency_size",
@@ -151,15 +151,15 @@ def stream_loader(dataset, args, total_batches, collate_fn=None):
                        device=args.device_obj, **kwargs)
 
 
-def time_training(bench, args, model, loss_fn, dataset, collate_fn=None):
-    """Median images/s of ``train_one_epoch`` over ``repeats`` runs of ``steps`` steps (after warm-up)."""
-    model, ddp_model, optimizer, scheduler, per_iteration, amp_dtype, scaler = prepare_training(args, model)
+def time_training(bench, args, model, objective, dataset, collate_fn=None):
+    """Median images/s of the stage's :meth:`Trainer.train_epoch` over ``repeats`` runs of ``steps`` steps
+    (after warm-up)."""
+    trainer = Trainer(args, model, objective, meta={})
     loader = stream_loader(dataset, args, bench.warmup + bench.repeats * bench.steps, collate_fn)
     iterator = iter(loader)
 
     def run(steps):
-        return train_one_epoch(ddp_model, loss_fn, Take(iterator, steps), optimizer, args.device_obj, 0, scheduler,
-                               per_iteration, scaler, amp_dtype, args.channels_last)["train_images_per_s"]
+        return trainer.train_epoch(Take(iterator, steps), 0)["train_images_per_s"]
 
     if bench.warmup:
         run(bench.warmup)
@@ -182,15 +182,16 @@ def time_calls(fn, device, warmup, repeats):
 
 # --------------------------------------------------------------------------- rows
 def bench_stage1(bench, results):
-    args = stage_args(main_concept.get_args_parser(), bench)
+    args = stage_args(concept_parser(), bench)
     splits, _, _ = build_splits(args)
     classes = splits["train"].classes
-    alpha = main_concept.resolve_focal_alpha(None, classes, splits["train"].targets)
-    loss_fn = main_concept.make_loss_fn(args, len(classes), alpha)
-    results["stage1_images_per_s"] = time_training(bench, args, ConceptNet(len(classes)), loss_fn, splits["train"])
+    alpha = resolve_focal_alpha(None, classes, splits["train"].targets)
+    objective = ConceptObjective(args, len(classes), alpha, args.device_obj)
+    results["stage1_images_per_s"] = time_training(bench, args, ConceptNet(len(classes)), objective, splits["train"])
 
     # bare: forward + backward + optimiser step of both encoders, random tensors already on the device
-    model, _, optimizer, _, _, amp_dtype, scaler = prepare_training(args, ConceptNet(len(classes)))
+    trainer = Trainer(args, ConceptNet(len(classes)), objective, meta={})
+    model, optimizer, amp_dtype, scaler = trainer.model, trainer.optimizer, trainer.amp_dtype, trainer.scaler
     x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=args.device_obj)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -219,8 +220,8 @@ def frozen_random_concept(args, num_classes):
 
 
 def bench_stage2(bench, results, shared):
-    args = stage_args(main_concept.get_args_parser(), bench)
-    splits, _, _ = build_splits(args, train_transform=False)
+    args = stage_args(concept_parser(), bench)
+    splits, mean, std = build_splits(args, train_transform=False)
     concept = frozen_random_concept(args, len(splits["train"].classes))
     loader = eval_loader(splits["train"], args)
     amp_dtype = amp_setup(args.device_obj, args.amp)[0]
@@ -237,33 +238,36 @@ def bench_stage2(bench, results, shared):
     results["stage2_reference_images_per_s"] = n / reference
     results["stage2_over_reference"] = ours / reference
     shared["concept"] = concept
+    # stage 2's artefacts, written by the stage's own function, for stage 3 to read
+    shared["concept_ckpt"] = os.path.join(bench.tmp, "concept.pth")
+    save_checkpoint(shared["concept_ckpt"], {"model": concept.state_dict(), "meta": {
+        "model": "ConceptNet", "classes": splits["train"].classes, "input_size": args.input_size}})
+    shared["confidence_dir"] = os.path.join(bench.tmp, "confidence")
+    write_artefacts(shared["confidence_dir"], splits["train"], scores["last"], 0.2, {
+        "input_size": args.input_size, "mean": mean, "std": std, "dataset": args.dataset,
+        "concept_sha256": sha256_file(shared["concept_ckpt"]), "score_transform": "eval"})
 
 
 def bench_stage3(bench, results, shared):
     if "scores" not in shared:
         bench_stage2(bench, {}, shared)
-    concept, scores = shared["concept"], shared["scores"]
-    rows = {"none": ("none", "online", None), "self": ("self", "online", concept),
-            "pool+bank": ("pool", "bank", None), "pool+online": ("pool", "online", concept),
-            "reference": ("pool", "online", WholeConcept(concept))}
-    for name, (target, pool_features, concept_model) in rows.items():
-        args = stage_args(main_percept.get_args_parser(), bench,
-                          ["--concept_target", target, "--pool_features", pool_features])
-        main_percept.check_method_args(args)
+    rows = {"none": ("none", "online"), "self": ("self", "online"), "pool+bank": ("pool", "bank"),
+            "pool+online": ("pool", "online"), "reference": ("pool", "online")}
+    for name, (target, pool_features) in rows.items():
+        args = stage_args(percept_parser(), bench,
+                          ["--concept_target", target, "--pool_features", pool_features, "--concept_ckpt",
+                           shared["concept_ckpt"], "--confidence_dir", shared["confidence_dir"]])
+        check_percept_args(args)
         splits, _, _ = build_splits(args)
-        train = splits["train"]
-        labels = torch.tensor(train.targets)[scores["index"]].numpy()
-        _, _, mask = per_class_thresholds(scores["confidence"].double().numpy(), labels, len(train.classes), 0.2)
-        bank = None
-        if target != "none":
-            train = PerceptTrainSet(train, torch.from_numpy(mask), args.k,
-                                    pool_features if target == "pool" else None, args.seed)
-            if pool_features == "bank":
-                bank = {k: scores[key].to(args.device_obj) for k, key in (("features", "e"), ("logits", "logits"))}
-        loss_fn = main_percept.make_loss_fn(args, concept_model, bank, None)
-        results[f"stage3_{name}_images_per_s"] = time_training(bench, args, PerceptNet(len(train.classes)), loss_fn,
-                                                               train, collate_percept)
-        results["stage3_low_confidence_share"] = float(1 - mask.mean())
+        train, concept, bank = splits["train"], None, None
+        if target != "none":  # the stage's own wiring: bank.pt, the concept checkpoint, masks and pools
+            train, concept, bank, _ = concept_regularisation(args, train)
+            results["stage3_low_confidence_share"] = float(1 - train.mask.float().mean())
+        if name == "reference":  # the reference's way: pool images through both encoders
+            concept = WholeConcept(concept)
+        results[f"stage3_{name}_images_per_s"] = time_training(bench, args, PerceptNet(len(train.classes)),
+                                                               PerceptObjective(args, concept, bank), train,
+                                                               collate_percept)
     rate = {name: results[f"stage3_{name}_images_per_s"] for name in rows}
     results["stage3_bank_over_none"] = rate["none"] / rate["pool+bank"]
     results["stage3_online_over_reference"] = rate["reference"] / rate["pool+online"]
@@ -302,6 +306,29 @@ def bench_inference(bench, results):
     results["percept_over_concept_latency"] = results["percept_latency_ms"] / results["concept_latency_ms"]
     results["percept_over_concept_params"] = results["percept_params"] / results["concept_params"]
     results["percept_over_concept_flops"] = results["percept_flops"] / results["concept_flops"]
+
+
+def bench_backbones(bench, results):
+    """Parameters, FLOPs and batch-1 latency of the perceptual network with every registered backbone
+    (``--backbone``), timed alternately like :func:`bench_inference`."""
+    device = torch.device(bench.device_obj)
+    x = torch.randn(1, 3, bench.latency_size, bench.latency_size, device=device)
+    nets = {name: PerceptNet(7, backbone=name).to(device).eval() for name in PERCEPT_BACKBONES}
+    times = {name: [] for name in nets}
+    with torch.inference_mode():
+        for name, net in nets.items():
+            counter = FlopCounterMode(display=False)
+            with counter:
+                net(x)
+            results[f"backbone_{name}_flops"] = counter.get_total_flops()
+            results[f"backbone_{name}_params"] = sum(p.numel() for p in net.parameters())
+            for _ in range(3):
+                net(x)
+        for _ in range(bench.latency_repeats):
+            for name, net in nets.items():
+                times[name].append(time_calls(lambda: net(x), device, 0, 1))
+    for name in nets:
+        results[f"backbone_{name}_latency_ms"] = 1000 * statistics.median(times[name])
 
 
 # --------------------------------------------------------------------------- L_CC, one variant per process
@@ -384,6 +411,8 @@ def table(results):
              ("perceptual net FLOPs", "percept_flops", "G"), ("conceptual pathway FLOPs", "concept_flops", "G"),
              ("L_CC ours fwd+bwd", "lcc_ours_ms", "ms"), ("L_CC naive fwd+bwd", "lcc_naive_ms", "ms"),
              ("L_CC ours peak memory", "lcc_ours_peak_bytes", "MiB"), ("L_CC naive peak memory", "lcc_naive_peak_bytes", "MiB")]
+    rows += [(f"--backbone {name} {what}", f"backbone_{name}_{key}", unit) for name in PERCEPT_BACKBONES
+             for what, key, unit in (("params", "params", "M"), ("FLOPs", "flops", "G"), ("latency", "latency_ms", "ms"))]
     scale = {"M": 1e-6, "G": 1e-9, "MiB": 2 ** -20}
     lines = ["| measurement | value |", "|---|---|"]
     for label, key, unit in rows:
@@ -406,17 +435,19 @@ def main(argv=None):
     if bench.lcc_child:
         lcc_child(bench)
         return
-    only = set(filter(None, bench.only.split(","))) or {"stage1", "stage2", "stage3", "inference", "lcc"}
-    unknown = only - {"stage1", "stage2", "stage3", "inference", "lcc"}
+    rows = ("stage1", "stage2", "stage3", "inference", "backbones", "lcc")
+    only = set(filter(None, bench.only.split(","))) or set(rows)
+    unknown = only - set(rows)
     if unknown:
-        raise UserError(f"--only {','.join(sorted(unknown))}: no such row (stage1, stage2, stage3, inference, lcc).")
+        raise UserError(f"--only {','.join(sorted(unknown))}: no such row ({', '.join(rows)}).")
     device = bench.device_obj
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
                f"cpu ({torch.get_num_threads()} threads, {os.cpu_count()} cores)",
                "torch": torch.__version__, "settings": {k: v for k, v in vars(bench).items()
-                                                        if k not in ("device_obj", "lcc_child")}}
+                                                        if k not in ("device_obj", "lcc_child", "tmp")}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        bench.tmp = tmp
         if only & {"stage1", "stage2", "stage3"}:
             faces = os.path.join(tmp, "faces")
             make_dataset(faces, seed=bench.seed, size=resize_size(bench.input_size),
@@ -428,6 +459,7 @@ def main(argv=None):
                         ("stage2", lambda: bench_stage2(bench, results, shared)),
                         ("stage3", lambda: bench_stage3(bench, results, shared)),
                         ("inference", lambda: bench_inference(bench, results)),
+                        ("backbones", lambda: bench_backbones(bench, results)),
                         ("lcc", lambda: bench_lcc(bench, results))):
             if row in only:
                 start = time.perf_counter()

@@ -1,4 +1,9 @@
-"""The two face-identity backbones and their safe weight loaders.
+"""Backbones by name (a registry), the face-identity backbones and their safe weight loaders.
+
+``BACKBONES`` maps a name to a :class:`BackboneSpec` (constructor, weight loader, feature width, input
+channel order, default weight file); :func:`build_backbone` builds one as a feature extractor and loads
+its weights. The conceptual pathway uses ``vggface2_resnet50``; the perceptual network any of
+``PERCEPT_BACKBONES`` (``--backbone``; ``resnet18`` by default, the paper's).
 
 * ``vggface2_resnet50`` -- the VGGFace2 ResNet-50 (conceptual pathway). It is **ResNet v1**: the stride
   of a stage's first bottleneck sits on its 1x1 ``conv1`` and the stem max-pool is 3x3 / stride 2 /
@@ -7,9 +12,12 @@
   so the model here is torchvision's ResNet machinery re-wired to v1 with the very same parameter names.
 * ``msceleb_resnet18`` -- torchvision's resnet18, for the MS-Celeb-1M checkpoint (perceptual pathway).
 
-Weight files come from the internet, so neither loader ever executes code from them:
+* ``resnet34``, ``resnet50``, ``mobilenet_v3_large``, ``efficientnet_b0`` -- torchvision's networks, for
+  torchvision-layout checkpoints (a face-pretrained one of your own, or ``none``).
+
+Weight files come from the internet, so no loader ever executes code from them:
 ``resnet50_ft_weight.pkl`` (a Python-2 pickle of numpy arrays) goes through a restricted unpickler that
-admits only numpy arrays and plain containers; the MS-Celeb checkpoint through
+admits only numpy arrays and plain containers; ``.pth`` checkpoints through
 ``torch.load(weights_only=True)``. Every problem with a file is a :class:`UserError` naming the file,
 the key(s) and the fix. Both loaders return the file's sha256 so runs can log which weights they used.
 """
@@ -18,11 +26,13 @@ import hashlib
 import io
 import os
 import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from torchvision.models import resnet18
+from torchvision import models as tv
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from utils.checkpoint import sha256_file
@@ -36,8 +46,6 @@ except ImportError:  # numpy 1.x
     from numpy.core import numeric as _np_numeric
 
 VGGFACE2_CLASSES = 8631
-VGGFACE2_FEATURES = 2048
-MSCELEB_FEATURES = 512
 README_HINT = "pretrained/README.md"
 
 _IGNORED_SUFFIX = "num_batches_tracked"  # BN counters: absent from old checkpoints, never used in eval
@@ -47,15 +55,24 @@ _IGNORED_SUFFIX = "num_batches_tracked"  # BN counters: absent from old checkpoi
 # helpers
 
 
-def as_feature_extractor(model):
-    """Replace ``model.fc`` by ``nn.Identity`` so ``model(x)`` returns the globally pooled features.
+def _head_name(model: nn.Module) -> str:
+    """The attribute holding a torchvision classifier's head: ``fc`` (ResNets) or ``classifier``."""
+    return "fc" if hasattr(model, "fc") else "classifier"
 
-    Returns the feature width (``fc.in_features``; 2048 for ResNet-50, 512 for ResNet-18). Call it after
-    loading weights (the loaders accept a model with or without its ``fc``).
+
+def as_feature_extractor(model: nn.Module) -> int:
+    """Replace the classification head (``fc`` or ``classifier``) by ``nn.Identity`` so ``model(x)``
+    returns the globally pooled features; return their width (2048 for ResNet-50, 512 for ResNet-18,
+    960 for MobileNetV3-Large, 1280 for EfficientNet-B0). The loaders accept a model with or without
+    its head; without it, the file's head (of any class count) is ignored.
     """
-    if not isinstance(model.fc, nn.Identity):
-        model.fc = nn.Identity()
-    return model.inplanes  # torchvision's ResNet leaves it at the width of the last stage's output
+    name = _head_name(model)
+    head = getattr(model, name)
+    if not isinstance(head, nn.Identity):
+        first = head if isinstance(head, nn.Linear) else next(m for m in head.modules() if isinstance(m, nn.Linear))
+        model.feature_width = first.in_features
+        setattr(model, name, nn.Identity())
+    return model.feature_width
 
 
 def _key_list(keys, limit=8):
@@ -104,7 +121,7 @@ def _check_against_model(model, tensors, path, what, skip_prefixes=()):
 # VGGFace2 ResNet-50 (v1)
 
 
-def vggface2_resnet50(num_classes=VGGFACE2_CLASSES):
+def vggface2_resnet50(num_classes: int = VGGFACE2_CLASSES) -> nn.Module:
     """The VGGFace2 ResNet-50: torchvision's ResNet + Bottleneck re-wired to ResNet v1.
 
     Parameter names are those of ``torchvision.models.resnet50``. Differences from torchvision (v1.5):
@@ -185,7 +202,7 @@ def _read_numpy_pickle(path, what):
     return obj, sha256
 
 
-def load_vggface2_weights(model, path):
+def load_vggface2_weights(model: nn.Module, path: str) -> str:
     """Load ``resnet50_ft_weight.pkl`` (name -> numpy array, Python-2 pickle) into ``model``; return its sha256.
 
     The pickle is read by a restricted unpickler that admits only numpy arrays and plain containers, so
@@ -210,22 +227,22 @@ def load_vggface2_weights(model, path):
 
 
 # ----------------------------------------------------------------------------------------------------
-# MS-Celeb-1M ResNet-18
+# torchvision-layout checkpoints (the MS-Celeb ResNet-18 and the other perceptual backbones)
 
 
-def msceleb_resnet18():
+def msceleb_resnet18() -> nn.Module:
     """torchvision's resnet18 (random init, 1000-way fc) for the MS-Celeb-1M checkpoint."""
-    return resnet18(weights=None)
+    return tv.resnet18(weights=None)
 
 
-def load_msceleb_weights(model, path):
-    """Load the MS-Celeb-1M ResNet-18 checkpoint into ``model`` (fc excluded); return the file's sha256.
+def load_torchvision_weights(model: nn.Module, path: str, what: str = "backbone checkpoint") -> str:
+    """Load a torchvision-layout checkpoint into ``model`` (its classification head excluded); return the
+    file's sha256.
 
     Format: ``torch.save({'state_dict': {...torchvision names...}, ...})`` (a bare state dict is accepted
-    too), keys possibly prefixed by ``module.``, fc of any class count. Read with
-    ``torch.load(weights_only=True)``; ``fc.*`` is dropped and everything else must match exactly.
+    too), keys possibly prefixed by ``module.``, a head (``fc`` or ``classifier``) of any class count.
+    Read with ``torch.load(weights_only=True)``; the head is dropped and everything else must match exactly.
     """
-    what = "MS-Celeb ResNet-18 checkpoint"
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"{what} {path} not found; download it as described in {README_HINT}.")
@@ -242,16 +259,88 @@ def load_msceleb_weights(model, path):
     if not isinstance(state, dict) or not state:
         raise UserError(f"{what} {path} has no 'state_dict' of parameters; use the genuine file described in "
                         f"{README_HINT}.")
+    head = _head_name(model) + "."
     tensors = {}
     for key, value in state.items():
         key = str(key)
         if key.startswith("module."):
             key = key[len("module."):]
-        if key.startswith("fc."):
+        if key.startswith(head):
             continue
         if not isinstance(value, torch.Tensor):
             raise UserError(f"{what} {path}: entry {key!r} is a {type(value).__name__}, not a tensor; use the "
                             f"genuine file described in {README_HINT}.")
         tensors[key] = value
-    _check_against_model(model, tensors, path, what, skip_prefixes=("fc.",))
+    _check_against_model(model, tensors, path, what, skip_prefixes=(head,))
     return sha256_file(path)
+
+
+def load_msceleb_weights(model: nn.Module, path: str) -> str:
+    """Load the MS-Celeb-1M ResNet-18 checkpoint (see :func:`load_torchvision_weights`); return its sha256."""
+    return load_torchvision_weights(model, path, "MS-Celeb ResNet-18 checkpoint")
+
+
+# ----------------------------------------------------------------------------------------------------
+# the registry
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build and load one backbone: ``build()`` gives the torchvision-style classifier,
+    ``load(model, path) -> sha256`` reads a weight file into it, ``width`` is the pooled feature width,
+    ``bgr`` whether it expects BGR input, ``weights`` its default file in ``pretrained/`` (None: no
+    default; pass ``--pretrained PATH`` or ``none``)."""
+
+    build: Callable[[], nn.Module]
+    load: Callable[[nn.Module, str], str]
+    width: int
+    bgr: bool = False
+    weights: str | None = None
+    description: str = ""
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "vggface2_resnet50": BackboneSpec(vggface2_resnet50, load_vggface2_weights, 2048, bgr=True,
+                                      weights="resnet50_ft_weight.pkl",
+                                      description="VGGFace2 ResNet-50 (v1), the conceptual pathway's encoders"),
+    "resnet18": BackboneSpec(msceleb_resnet18, load_msceleb_weights, 512, weights="resnet18_msceleb.pth",
+                             description="MS-Celeb-1M ResNet-18, the paper's perceptual network"),
+    "resnet34": BackboneSpec(lambda: tv.resnet34(weights=None), load_torchvision_weights, 512,
+                             description="torchvision ResNet-34"),
+    "resnet50": BackboneSpec(lambda: tv.resnet50(weights=None), load_torchvision_weights, 2048,
+                             description="torchvision ResNet-50 (v1.5)"),
+    "mobilenet_v3_large": BackboneSpec(lambda: tv.mobilenet_v3_large(weights=None), load_torchvision_weights, 960,
+                                       description="torchvision MobileNetV3-Large"),
+    "efficientnet_b0": BackboneSpec(lambda: tv.efficientnet_b0(weights=None), load_torchvision_weights, 1280,
+                                    description="torchvision EfficientNet-B0"),
+}
+PERCEPT_BACKBONES = tuple(name for name in BACKBONES if name != "vggface2_resnet50")
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The registry entry of ``name``; an unknown name is a UserError listing the known ones."""
+    if name not in BACKBONES:
+        raise UserError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}.")
+    return BACKBONES[name]
+
+
+def build_backbone(name: str, pretrained: str | None = None) -> tuple[nn.Module, str | None]:
+    """The backbone ``name`` as a feature extractor (head replaced by ``nn.Identity``), with the weights
+    of ``pretrained`` (a file, or None for random init). Returns (module, sha256 of the file or None).
+    A weight file's own head, of whatever class count (8631 VGGFace2 identities, ...), is ignored."""
+    spec = backbone_spec(name)
+    model = spec.build()
+    width = as_feature_extractor(model)
+    assert width == spec.width, (name, width, spec.width)
+    sha256 = spec.load(model, pretrained) if pretrained is not None else None
+    return model, sha256
+
+
+def default_weights(name: str) -> str:
+    """The default weight file of backbone ``name`` (``pretrained/<file>``); a backbone without one is a
+    UserError asking for ``--pretrained PATH`` or ``--pretrained none``."""
+    spec = backbone_spec(name)
+    if spec.weights is None:
+        raise UserError(f"--backbone {name} has no default weight file; pass --pretrained PATH (a torchvision-layout "
+                        f"state dict) or --pretrained none to train from scratch.")
+    return os.path.join("pretrained", spec.weights)

@@ -1,14 +1,14 @@
-"""The conceptual pathway (METHOD.md, stage 1): emotion encoder, non-emotion encoder, confidence classifier."""
+"""The conceptual pathway (docs/method.md, stage 1): emotion encoder, non-emotion encoder, confidence classifier."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backbones import as_feature_extractor, load_vggface2_weights, vggface2_resnet50
+from models.backbones import backbone_spec, build_backbone
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
 
-def _unit(h):
+def _unit(h: torch.Tensor) -> torch.Tensor:
     """L2-normalise rows, in fp32 when autocast produced half precision (unit length matters downstream)."""
     if h.dtype in (torch.float16, torch.bfloat16):
         h = h.float()
@@ -22,7 +22,8 @@ class Encoder(nn.Module):
     on BGR); the data pipeline is RGB everywhere.
     """
 
-    def __init__(self, backbone, feat_dim_in=2048, dim=256, dropout=0.4, flip_bgr=True):
+    def __init__(self, backbone: nn.Module, feat_dim_in: int = 2048, dim: int = 256, dropout: float = 0.4,
+                 flip_bgr: bool = True):
         super().__init__()
         self.backbone = backbone
         self.flip_bgr = flip_bgr
@@ -33,7 +34,7 @@ class Encoder(nn.Module):
             nn.Linear(dim, dim),
         )
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.flip_bgr:
             x = x.flip(1)  # RGB -> BGR; keeps channels_last
         return _unit(self.head(self.backbone(x)))
@@ -42,13 +43,13 @@ class Encoder(nn.Module):
 class ConfidenceClassifier(nn.Module):
     """h = ReLU(Linear(e)); z = Linear(h); a = sigmoid(Linear(e)); logits = a * z. Returns (logits, a)."""
 
-    def __init__(self, num_classes, dim=256, hidden=128):
+    def __init__(self, num_classes: int, dim: int = 256, hidden: int = 128):
         super().__init__()
         self.hidden = nn.Linear(dim, hidden)
         self.out = nn.Linear(hidden, num_classes)
         self.confidence = nn.Linear(dim, 1)
 
-    def forward(self, e):
+    def forward(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.out(F.relu(self.hidden(e)))
         a = torch.sigmoid(self.confidence(e)).squeeze(1)
         return a.unsqueeze(1) * z, a
@@ -63,45 +64,44 @@ class ConceptNet(nn.Module):
     still updates its BatchNorm statistics.
     """
 
-    def __init__(self, num_classes, pretrained=None, nonemotion_bn_update=False, dim=256, dropout=0.4):
+    BACKBONE = "vggface2_resnet50"
+
+    def __init__(self, num_classes: int, pretrained: str | None = None, nonemotion_bn_update: bool = False,
+                 dim: int = 256, dropout: float = 0.4):
         super().__init__()
         self.num_classes = num_classes
         self.nonemotion_bn_update = nonemotion_bn_update
-        self.weights_sha256 = None
-
-        emotion_backbone = vggface2_resnet50()
-        non_emotion_backbone = vggface2_resnet50()
-        if pretrained is not None:
-            self.weights_sha256 = load_vggface2_weights(emotion_backbone, pretrained)
+        spec = backbone_spec(self.BACKBONE)
+        emotion_backbone, self.weights_sha256 = build_backbone(self.BACKBONE, pretrained)
+        non_emotion_backbone, _ = build_backbone(self.BACKBONE)
+        if pretrained is not None:  # both start from the same face-identity weights
             non_emotion_backbone.load_state_dict(emotion_backbone.state_dict())
-        width = as_feature_extractor(emotion_backbone)
-        as_feature_extractor(non_emotion_backbone)
 
-        self.emotion = Encoder(emotion_backbone, width, dim, dropout)
-        self.non_emotion = Encoder(non_emotion_backbone, width, dim, dropout)
+        self.emotion = Encoder(emotion_backbone, spec.width, dim, dropout, flip_bgr=spec.bgr)
+        self.non_emotion = Encoder(non_emotion_backbone, spec.width, dim, dropout, flip_bgr=spec.bgr)
         self.non_emotion.backbone.requires_grad_(False)
         self.classifier = ConfidenceClassifier(num_classes, dim)
         self.train()
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "ConceptNet":
         super().train(mode)
         if not self.nonemotion_bn_update:
             self.non_emotion.backbone.eval()
         return self
 
-    def emotion_forward(self, x):
+    def emotion_forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Emotion encoder + classifier only (stages 2 and 3): {"e", "logits", "confidence"}."""
         e = self.emotion(x)
         logits, confidence = self.classifier(e)
         return {"e": e, "logits": logits, "confidence": confidence}
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.emotion_forward(x)
         out["n"] = self.non_emotion(x)
         return out
 
 
-def load_concept_checkpoint(path):
+def load_concept_checkpoint(path: str) -> dict:
     """A stage-1 checkpoint, checked to be one (its ``meta`` names ConceptNet)."""
     checkpoint = load_checkpoint(path, "concept checkpoint")
     meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
@@ -111,7 +111,7 @@ def load_concept_checkpoint(path):
     return checkpoint
 
 
-def frozen_concept(checkpoint, device):
+def frozen_concept(checkpoint: dict, device: torch.device) -> ConceptNet:
     """The stage-1 model of a loaded checkpoint, frozen and in eval mode (stages 2 and 3 run only
     its emotion branch)."""
     model = ConceptNet(len(checkpoint["meta"]["classes"]), None)

@@ -1,18 +1,20 @@
-"""The perceptual network (METHOD.md, stage 3), optionally with the VAD head of the second system."""
+"""The perceptual network (docs/method.md, stage 3), optionally with the VAD head of the second system."""
 import math
 
+import torch
 from torch import nn
 
-from models.backbones import as_feature_extractor, load_msceleb_weights, msceleb_resnet18
+from models.backbones import backbone_spec, build_backbone
 from models.concept import Encoder
 
 
 class PerceptNet(nn.Module):
-    """MS-Celeb ResNet-18 -> 256-d unit feature p -> category logits (and, with ``vad``, 3 VAD values).
+    """Backbone (``resnet18`` = the MS-Celeb ResNet-18 by default; any of ``PERCEPT_BACKBONES``) -> 256-d
+    unit feature p -> category logits (and, with ``vad``, 3 VAD values).
 
-    Input is RGB (torchvision convention of the MS-Celeb model; no channel flip). ``pretrained``: path
-    to the MS-Celeb checkpoint (sha256 kept in ``self.weights_sha256``) or None for random init.
-    ``forward`` returns {"p", "logits"} and, when ``vad``, "vad" (B x 3, unsquashed; targets on -2..2).
+    Input is RGB (torchvision convention; no channel flip). ``pretrained``: a weight file for the backbone
+    (sha256 kept in ``self.weights_sha256``) or None for random init. ``forward`` returns {"p", "logits"}
+    and, when ``vad``, "vad" (B x 3, unsquashed; targets on -2..2).
 
     The VAD head reads ``sqrt(dim) * p`` (:meth:`vad_from_feature`), i.e. p rescaled to unit mean square
     per component. p is L2-normalised, so its components are about 1/sqrt(dim) = 0.06; fed as is to
@@ -23,28 +25,26 @@ class PerceptNet(nn.Module):
     category head reads p unscaled (CRPN's classifier; softmax needs no particular scale to rank).
     """
 
-    def __init__(self, num_classes, pretrained=None, vad=False, dim=256, hidden=128, dropout=0.4):
+    def __init__(self, num_classes: int, pretrained: str | None = None, vad: bool = False,
+                 backbone: str = "resnet18", dim: int = 256, hidden: int = 128, dropout: float = 0.4):
         super().__init__()
         self.num_classes = num_classes
         self.vad = vad
-        self.weights_sha256 = None
+        self.backbone_name = backbone
+        spec = backbone_spec(backbone)
+        features, self.weights_sha256 = build_backbone(backbone, pretrained)
 
-        backbone = msceleb_resnet18()
-        if pretrained is not None:
-            self.weights_sha256 = load_msceleb_weights(backbone, pretrained)
-        width = as_feature_extractor(backbone)
-
-        self.encoder = Encoder(backbone, width, dim, dropout, flip_bgr=False)
+        self.encoder = Encoder(features, spec.width, dim, dropout, flip_bgr=spec.bgr)
         self.classifier = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
         self.vad_head = (nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 3))
                          if vad else None)
         self.vad_input_scale = math.sqrt(dim)
 
-    def vad_from_feature(self, p):
+    def vad_from_feature(self, p: torch.Tensor) -> torch.Tensor:
         """The B x 3 VAD prediction from unit features p (B x dim): the head applied to sqrt(dim) * p."""
         return self.vad_head(p * self.vad_input_scale)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.encoder(x)
         out = {"p": p, "logits": self.classifier(p)}
         if self.vad_head is not None:

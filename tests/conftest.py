@@ -52,24 +52,27 @@ def assert_user_error(proc, *fragments):
 
 
 def run_inprocess(script, args, capfd):
-    """Call ``script``'s ``main(argv)`` in this interpreter, as ``run_script`` would run it (for checks
-    that stop before training: no interpreter start-up). Returns a CompletedProcess; the exit code is
-    that of ``run_main`` (2 for a user error). The global random state is left as it was."""
-    import importlib
+    """Run ``script`` as ``python script args`` would, but in this interpreter (``runpy``, as ``__main__``;
+    for checks that stop before training: no interpreter start-up). Returns a CompletedProcess; the exit
+    code is that of ``run_main`` (2 for a user error). ``sys.argv`` and the global random state are left
+    as they were."""
     import random
+    import runpy
 
     import numpy as np
     import torch
 
-    module = importlib.import_module(os.path.splitext(os.path.basename(script))[0])
     capfd.readouterr()
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    argv = sys.argv
+    sys.argv = [os.path.join(REPO, script), *map(str, args)]
     code = 0
     try:
-        module.main([str(a) for a in args])
+        runpy.run_path(sys.argv[0], run_name="__main__")
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     finally:
+        sys.argv = argv
         random.setstate(states[0])
         np.random.set_state(states[1])
         torch.set_rng_state(states[2])

@@ -6,9 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.labels import CLASSES_7, FER2013_CODES, RAFDB_FOCAL_ALPHA
+from utils.labels import CLASSES_7, FER2013_CODES, RAFDB_FOCAL_ALPHA, VAD_SIGNS
 from utils.losses import (
-    VAD_SIGNS,
     _lse_series,
     _supcon_chunk,
     batch_class_weights,
@@ -465,7 +464,7 @@ def test_vad_mse_value_and_no_broadcast():
 
 
 def test_default_focal_alphas_are_the_papers_for_rafdb_and_the_rule_elsewhere():
-    from main_concept import resolve_focal_alpha
+    from utils.objectives import resolve_focal_alpha
     targets = [3] * 20 + [0, 1, 2, 4, 5, 6] * 2
     auto = [float(a) for a in focal_alpha_from_counts(torch.bincount(torch.tensor(targets), minlength=7))]
     for dataset in ("folder", "rafdb"):

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from models.backbones import (as_feature_extractor, load_msceleb_weights, load_vggface2_weights,
-                              msceleb_resnet18, sha256_file, vggface2_resnet50)
+from models.backbones import (BACKBONES, PERCEPT_BACKBONES, as_feature_extractor, build_backbone, default_weights,
+                              load_msceleb_weights, load_vggface2_weights, msceleb_resnet18, vggface2_resnet50)
 from models.concept import ConceptNet, ConfidenceClassifier, Encoder
 from models.percept import PerceptNet
+from utils.checkpoint import sha256_file
 from utils.errors import UserError
 
 
@@ -490,3 +491,42 @@ def test_percept_net_pretrained(tmp_path):
     out = model(_images(batch=2))
     (out["logits"].sum() + out["vad"].sum()).backward()
     assert model.encoder.backbone.conv1.weight.grad is not None
+
+
+# ----------------------------------------------------------------------------------------------------
+# the backbone registry
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_registry_builds_feature_extractors_of_the_stated_width(name):
+    model, sha = build_backbone(name)
+    assert sha is None
+    with torch.no_grad():
+        features = model.eval()(_images(batch=2))
+    assert features.shape == (2, BACKBONES[name].width)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "efficientnet_b0", "resnet34"])
+def test_registry_loads_torchvision_layout_with_any_head(tmp_path, name):
+    """A torchvision-layout checkpoint ({"state_dict": ...}, 'module.' prefixes, a 5-way head) loads into
+    PerceptNet(backbone=name); the head is ignored, everything else is taken."""
+    source = getattr(torchvision.models, name)(weights=None, num_classes=5)
+    state = {"module." + k: v + 0.01 if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    path = tmp_path / f"{name}.pth"
+    torch.save({"state_dict": state}, path)
+    model = PerceptNet(7, pretrained=str(path), backbone=name)
+    assert model.weights_sha256 == sha256_file(path)
+    loaded = model.encoder.backbone.state_dict()
+    for key, value in source.state_dict().items():
+        if not key.startswith(("fc.", "classifier.")):
+            assert torch.equal(loaded[key], state["module." + key]), key
+    assert not model.encoder.flip_bgr
+
+
+def test_registry_unknown_name_and_missing_default_weights():
+    with pytest.raises(UserError, match="unknown backbone 'resnet9'"):
+        build_backbone("resnet9")
+    assert default_weights("resnet18") == os.path.join("pretrained", "resnet18_msceleb.pth")
+    with pytest.raises(UserError, match="no default weight file"):
+        default_weights("efficientnet_b0")
+    assert BACKBONES["vggface2_resnet50"].bgr and "vggface2_resnet50" not in PERCEPT_BACKBONES

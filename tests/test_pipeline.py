@@ -245,3 +245,37 @@ def test_stage3_refuses_mismatched_artefacts(faces, concept_run, confidence_run,
     proc = run_script("predict.py", ["--checkpoint", concept_run[0] / "checkpoint-best.pth", faces / "test"])
     assert_user_error(proc, "not a stage-3")
     assert not out.exists()
+
+
+def test_stage3_lighter_backbone_trains_and_predicts(faces, tmp_path):
+    """--backbone mobilenet_v3_large: stage 3 trains, the checkpoint records the backbone, predict.py and
+    --eval rebuild the same network from it; a backbone without a default weight file asks for one."""
+    out = tmp_path / "mobile"
+    args = ["--data_path", faces / "train", "--eval_data_path", faces / "test", "--concept_target", "none",
+            "--epochs", 1, "--output_dir", out, "--norm_cache", tmp_path / "cache", *COMMON]
+    proc = run_script("main_percept.py", [*args, "--backbone", "mobilenet_v3_large"])
+    assert_user_error(proc, "--backbone mobilenet_v3_large has no default weight file", "--pretrained")
+    assert not out.exists()
+    proc = run_script("main_percept.py", [*args, "--backbone", "mobilenet_v3_large", "--pretrained", "none"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checkpoint = torch.load(out / "checkpoint-best.pth", map_location="cpu", weights_only=True)
+    assert checkpoint["meta"]["backbone"] == "mobilenet_v3_large"
+    assert any(k.startswith("encoder.backbone.features.") for k in checkpoint["model"])
+    best = read_log(out)[0]["eval_acc"]
+    proc = run_script("main_percept.py", ["--eval", "--resume", out / "checkpoint-best.pth", "--backbone",
+                                          "mobilenet_v3_large", *args[:4], "--output_dir", tmp_path / "ev",
+                                          "--norm_cache", tmp_path / "cache", *COMMON])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["acc"] == pytest.approx(best, abs=1e-9)
+    proc = run_script("main_percept.py", ["--eval", "--resume", out / "checkpoint-best.pth", *args[:4],
+                                          "--output_dir", tmp_path / "ev2", "--norm_cache", tmp_path / "cache",
+                                          *COMMON])
+    assert_user_error(proc, "backbone 'mobilenet_v3_large'", "'resnet18'")
+    csv = tmp_path / "pred.csv"
+    proc = run_script("predict.py", ["--checkpoint", out / "checkpoint-best.pth", faces / "test" / "sad",
+                                     "--output", csv, "--device", "cpu", "--num_workers", 0])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_csv(csv)
+    assert len(table) == 3 and set(table["pred"]) <= set(checkpoint["meta"]["classes"])
+    proc = run_script("main_percept.py", [*args, "--backbone", "mobilenet", "--pretrained", "none"])
+    assert_user_error(proc, "--backbone mobilenet is not one of", "efficientnet_b0")

@@ -7,8 +7,9 @@ import torch
 from PIL import Image
 
 from dataset_concept import build_dataset
-from dataset_percept import PerceptTrainSet, collate_percept, pooled_concepts
-from high_confidence import per_class_thresholds
+from dataset_percept import PerceptTrainSet, collate_percept
+from utils.confidence import per_class_thresholds
+from utils.objectives import PerceptObjective, pooled_concepts
 from utils.errors import UserError
 
 
@@ -91,7 +92,7 @@ def test_bank_fast_path_gives_the_online_losses_for_the_same_pool_images():
     """--pool_features bank (stage 2's features, no concept forward) and online (one concept forward of
     the batch and its pool images) give the same MMD and KL when the pool images are those the bank
     was made from; --concept_target self gives another MMD."""
-    from main_percept import check_method_args, get_args_parser, make_loss_fn
+    from utils.cli import check_percept_args, percept_parser
     from models.concept import ConceptNet
     from models.percept import PerceptNet
 
@@ -112,14 +113,14 @@ def test_bank_fast_path_gives_the_online_losses_for_the_same_pool_images():
     parts = {}
     for name, pool_features, fn_args in (("online", "online", (concept, None)), ("bank", "bank", (None, bank)),
                                          ("self", None, (concept, None))):
-        args = get_args_parser().parse_args(["--concept_target", "self" if name == "self" else "pool",
+        args = percept_parser().parse_args(["--concept_target", "self" if name == "self" else "pool",
                                              "--pool_features", pool_features or "online", "--k", "2"])
-        check_method_args(args)
+        check_percept_args(args)
         data = PerceptTrainSet(Faces(targets), mask, k=2, pool_features=pool_features, seed=1)
         batch = collate_percept([data[i] for i in range(len(targets))])
         if name == "online":
             assert batch["pool"].shape[0] == 2 * mask.count(False)
-        _, parts[name], _ = make_loss_fn(args, *fn_args, None)(model, batch)
+        _, parts[name], _ = PerceptObjective(args, *fn_args)(model, batch)
     for key in ("mmd", "kl", "ce"):
         assert parts["bank"][key].item() == pytest.approx(parts["online"][key].item(), abs=1e-6), key
     assert parts["self"]["mmd"].item() != pytest.approx(parts["online"]["mmd"].item(), abs=1e-6)

@@ -4,12 +4,14 @@
 """
 import argparse
 import os
+import sys
 
-import matplotlib
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+if __package__ in (None, ""):  # run as `python tools/draw_figure.py`: make `utils` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.figures import new_figure, save_figure  # noqa: E402
 
 W, H = 14.0, 8.6  # figure size in inches == data units (1 unit = 100 px at dpi 100)
 FONT = 10
@@ -53,7 +55,7 @@ def panel(ax, x, y, w, h, title, color):
 
 
 def draw(out):
-    fig = plt.figure(figsize=(W, H), dpi=100)
+    fig, _ = new_figure(0, 0, figsize=(W, H))
     ax = fig.add_axes([0, 0, 1, 1])
     ax.set_xlim(0, W)
     ax.set_ylim(0, H)
@@ -141,8 +143,7 @@ def draw(out):
           label="frozen E + classifier\n(concept e, logits)", label_xy=(12.4, 4.85),
           label_kw={"ha": "left", "va": "center"})
 
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out, dpi=100)
     return out
 
 
@@ -150,8 +151,6 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--out", default="Figure1.png", help="output PNG path")
     args = parser.parse_args(argv)
-    parent = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(parent, exist_ok=True)
     draw(args.out)
     print(f"wrote {args.out}")
 

@@ -47,7 +47,7 @@ from PIL import Image, ImageDraw, ImageFilter
 if __package__ in (None, ""):  # run as `python tools/make_synthetic_faces.py`: make `utils` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.prepare_rafdb import atomic_output_dir  # noqa: E402
+from tools.convert_common import atomic_output_dir  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.labels import CLASSES_7, FER2013_CODES, RAFDB_CODES  # noqa: E402
 

@@ -29,7 +29,6 @@ sibling folder and renamed at the end: on any error nothing is left behind.
 
 Usage: ``python tools/prepare_affectnet.py --root AffectNet --out data/AffectNet [--classes 8|7] [--link]``
 """
-import argparse
 import os
 import sys
 
@@ -40,7 +39,8 @@ from PIL import Image, UnidentifiedImageError
 if __package__ in (None, ""):  # run as `python tools/prepare_affectnet.py`: make `utils` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.prepare_rafdb import atomic_output_dir, make_class_dirs, place_file, print_counts  # noqa: E402
+from tools.convert_common import (add_flag, atomic_output_dir, converter_parser, make_class_dirs,  # noqa: E402
+                                  place_file, print_counts, print_dropped)
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.labels import AFFECTNET_CODES, classes_for  # noqa: E402
 
@@ -187,16 +187,14 @@ def convert(root, out, num_classes=8, link=False, crop=False, skip_missing=False
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = converter_parser(__doc__)
     parser.add_argument("--root", required=True, help="the AffectNet folder (train_set/+val_set/, or the CSVs)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--classes", type=int, choices=(8, 7), default=8,
-                        help="8 (with contempt, default) or 7 (contempt dropped)")
-    parser.add_argument("--link", action="store_true", help="hard-link (or symlink) the images instead of copying")
+    add_flag(parser, "--classes")
+    add_flag(parser, "--link")
     parser.add_argument("--crop", action="store_true", help="CSV form: crop each image to its face box")
     parser.add_argument("--skip_missing", action="store_true", help="skip listed images that are missing")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    add_flag(parser, "--overwrite")
     return parser.parse_args(argv)
 
 
@@ -207,8 +205,7 @@ def main(argv=None):
                                            args.skip_missing, args.overwrite)
     print_counts(f"wrote {os.path.abspath(args.out)} from the {form} form (kept {sum(kept.values())} images)",
                  kept, SPLITS, classes)
-    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(dropped.items())) or "none"
-    print(f"dropped {sum(dropped.values())}: {reasons}")
+    print_dropped(dropped)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ is left behind.
 
 Usage: ``python tools/prepare_ferplus.py --fer2013 fer2013.csv --ferplus fer2013new.csv --out data/FERPlus``
 """
-import argparse
 import os
 import sys
 
@@ -31,7 +30,8 @@ from PIL import Image
 if __package__ in (None, ""):  # run as `python tools/prepare_ferplus.py`: make `utils` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.prepare_rafdb import atomic_output_dir, make_class_dirs, print_counts  # noqa: E402
+from tools.convert_common import (add_flag, atomic_output_dir, converter_parser, make_class_dirs,  # noqa: E402
+                                  print_counts, print_dropped)
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.labels import FERPLUS_COLUMNS, FERPLUS_DROPPED_COLUMNS, classes_for  # noqa: E402
 
@@ -134,14 +134,12 @@ def convert(fer2013_path, ferplus_path, out, num_classes=8, overwrite=False):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = converter_parser(__doc__)
     parser.add_argument("--fer2013", required=True, help="fer2013.csv (emotion,pixels,Usage)")
     parser.add_argument("--ferplus", required=True, help="fer2013new.csv (FERPlus votes)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--classes", type=int, choices=(8, 7), default=8,
-                        help="8 (with contempt, default) or 7 (contempt rows dropped)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    add_flag(parser, "--classes")
+    add_flag(parser, "--overwrite")
     return parser.parse_args(argv)
 
 
@@ -150,8 +148,7 @@ def main(argv=None):
     args = parse_args(argv)
     classes, kept, dropped = convert(args.fer2013, args.ferplus, args.out, args.classes, args.overwrite)
     print_counts(f"wrote {os.path.abspath(args.out)} (kept {sum(kept.values())} images)", kept, SPLITS, classes)
-    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(dropped.items())) or "none"
-    print(f"dropped {sum(dropped.values())} rows: {reasons}")
+    print_dropped(dropped, " rows")
 
 
 if __name__ == "__main__":

@@ -60,12 +60,6 @@ def write_csv(path, frame):
         frame.to_csv(tmp, index=False)
 
 
-def save_figure(fig, path, dpi=100):
-    """Save a matplotlib figure as PNG, atomically."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-
-
 def save_checkpoint(path, state):
     """torch.save ``state`` (tensors and plain types) atomically."""
     buffer = io.BytesIO()

@@ -1,6 +1,6 @@
 """The command-line flags every stage shares, their checks, and the start of a run.
 
-Defaults are the paper's (shared/METHOD.md) and chain the stages: RAF-DB class folders at
+Defaults are the paper's (docs/method.md) and chain the stages: RAF-DB class folders at
 data/RAF-DB/{train,test}, outputs under output/<stage>.
 """
 import argparse
@@ -9,11 +9,16 @@ import platform
 
 import torch
 
-from dataset_concept import DATASETS, DEFAULT_EVAL_PATH, DEFAULT_TRAIN_PATH
 from utils import distributed as du
 from utils.checkpoint import elastic_restart, load_checkpoint, resolve_resume, sha256_file, write_json
-from utils.engine import check_meta
+from utils.engine import check_meta, plain_args
 from utils.errors import UserError
+from utils.labels import DATASETS
+
+DEFAULT_TRAIN_PATH = os.path.join("data", "RAF-DB", "train")
+DEFAULT_EVAL_PATH = os.path.join("data", "RAF-DB", "test")
+DEFAULT_CONCEPT = os.path.join("output", "concept", "checkpoint-best.pth")
+DEFAULT_CONFIDENCE = os.path.join("output", "confidence")
 
 
 def default_workers():
@@ -54,6 +59,87 @@ def common_parser(description, output_dir, epochs, lr_schedule=True):
     return parser
 
 
+# --------------------------------------------------------------------------- each stage's own flags
+def concept_parser() -> argparse.ArgumentParser:
+    """Stage 1's flags (main_concept.py)."""
+    parser = common_parser("CRPN stage 1: the conceptual pathway", os.path.join("output", "concept"), epochs=100)
+    method = parser.add_argument_group("method (defaults: the paper)")
+    method.add_argument("--pretrained", default=os.path.join("pretrained", "resnet50_ft_weight.pkl"),
+                        help="VGGFace2 ResNet-50 pickle for both encoders, or 'none' to start from random weights")
+    method.add_argument("--alpha", type=float, default=0.1, help="weight of L_orth")
+    method.add_argument("--beta", type=float, default=1.0, help="weight of L_focal + L_RR")
+    method.add_argument("--gamma", type=float, default=0.01, help="weight of L_CC")
+    method.add_argument("--focal_alpha", default=None,
+                        help="per-class focal alphas: 'rafdb' (the paper's, for the 7 canonical classes), 'auto' "
+                             "(from class frequencies) or a comma-separated list in label order; default rafdb for "
+                             "RAF-DB (--dataset rafdb, or folder with the 7 canonical classes), auto otherwise")
+    method.add_argument("--focal_gamma", type=float, default=2.0)
+    method.add_argument("--rr_ratio", type=float, default=0.7, help="share of the batch in the high-confidence group")
+    method.add_argument("--rr_margin", type=float, default=0.15)
+    method.add_argument("--cc_mode", default="dims", choices=("dims", "standard"),
+                        help="L_CC form: 'dims' (reference dimension views) or 'standard' (one 256-d view per sample)")
+    method.add_argument("--temperature", type=float, default=0.07)
+    method.add_argument("--nonemotion_bn_update", action="store_true",
+                        help="reproduce the reference quirk: the frozen non-emotion backbone's BatchNorm statistics update")
+    return parser
+
+
+def confidence_parser() -> argparse.ArgumentParser:
+    """Stage 2's flags (high_confidence.py)."""
+    parser = common_parser("CRPN stage 2: confidence scores, thresholds, pools and feature bank",
+                           os.path.join("output", "confidence"), epochs=None, lr_schedule=False)
+    parser.set_defaults(input_size=None, batch_size=128)
+    group = parser.add_argument_group("stage 2")
+    group.add_argument("--concept_ckpt", default=DEFAULT_CONCEPT, help="stage-1 checkpoint")
+    group.add_argument("--percentile", type=float, default=0.2, help="per-class threshold percentile")
+    group.add_argument("--score_transform", default="eval", choices=("eval", "train"),
+                       help="eval: deterministic resize + centre crop; train: the reference's random augmentations")
+    return parser
+
+
+def percept_parser() -> argparse.ArgumentParser:
+    """Stage 3's flags (main_percept.py), the multi-task model's included."""
+    parser = common_parser("CRPN stage 3: the concept-regularised perceptual network",
+                           os.path.join("output", "percept"), epochs=40)
+    method = parser.add_argument_group("method (defaults: the paper)")
+    method.add_argument("--backbone", default="resnet18",
+                        help="perceptual network backbone by name (models/backbones.py): resnet18 (the paper's "
+                             "MS-Celeb ResNet-18), resnet34, resnet50, mobilenet_v3_large, efficientnet_b0")
+    method.add_argument("--pretrained", default=None,
+                        help="backbone weights (torchvision layout; default pretrained/resnet18_msceleb.pth for "
+                             "resnet18, none for the others), or 'none' to start from random weights")
+    method.add_argument("--concept_ckpt", default=DEFAULT_CONCEPT, help="stage-1 checkpoint (frozen)")
+    method.add_argument("--confidence_dir", default=DEFAULT_CONFIDENCE, help="stage-2 artefacts")
+    method.add_argument("--concept_target", default="pool", choices=("pool", "self", "none"))
+    method.add_argument("--pool_features", default="online", choices=("online", "bank"),
+                        help="online: encode pooled images each step; bank: stage 2's features, no concept forward")
+    method.add_argument("--k", type=int, default=8, help="pooled concepts averaged per low-confidence sample")
+    method.add_argument("--alpha", type=float, default=None,
+                        help="weight of CE: 2 (the paper's stage 3), or 1 with --vad (the multi-task loss of docs/method.md)")
+    method.add_argument("--beta", type=float, default=1.0, help="weight of MMD")
+    method.add_argument("--gamma", type=float, default=1.0, help="weight of KL")
+    vad = parser.add_argument_group("multi-task category + Valence/Arousal/Dominance")
+    vad.add_argument("--vad", action="store_true", help="add the VAD head (needs --dataset fer2013 with VAD columns)")
+    vad.add_argument("--lambda_vad", type=float, default=1.0, help="weight of the VAD MSE")
+    vad.add_argument("--lambda_cons", type=float, default=0.1, help="weight of the category/VAD sign consistency")
+    vad.add_argument("--cons_weights", default="prob", choices=("prob", "label"),
+                     help="weight the sign penalty by predicted class probabilities or by the true label")
+    vad.add_argument("--skip_missing_vad", action="store_true", help="drop rows with missing VAD instead of stopping")
+    return parser
+
+
+def check_percept_args(args) -> None:
+    """Stage 3's method flags: the CE weight's default (2, or 1 with --vad) and the ranges."""
+    if args.alpha is None:
+        args.alpha = 1.0 if args.vad else 2.0
+    if args.k < 1:
+        raise UserError(f"--k must be at least 1, got {args.k}.")
+    for name in ("alpha", "beta", "gamma", "lambda_vad", "lambda_cons"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name} cannot be negative.")
+
+
+# --------------------------------------------------------------------------- checks and start
 def check_args(args):
     """Refuse absurd values with one sentence each."""
     positive = {"batch_size": args.batch_size, "input_size": args.input_size, "blr": args.blr}
@@ -119,8 +205,13 @@ def prepare_resume(args, meta):
     args.resume = path
 
 
-def plain_args(args):
-    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None), list))}
+def existing_file(path: str, what: str, hint: str) -> str | None:
+    """None for 'none'; otherwise ``path``, which must be a file (else one sentence: ``what`` not found; ``hint``)."""
+    if path.lower() == "none":
+        return None
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {path} not found; {hint}")
+    return path
 
 
 def write_config(args, files=None):
@@ -129,9 +220,8 @@ def write_config(args, files=None):
     if not du.is_main_process():
         return
     files = {role: path for role, path in (files or {}).items() if path}
-    resume = resolve_resume(args.resume, args.output_dir)
-    if resume:
-        files["resume"] = resume
+    if getattr(args, "resume", ""):  # settled once by prepare_resume
+        files["resume"] = args.resume
     hashes = {role: {"path": os.path.abspath(path), "sha256": sha256_file(path)} for role, path in files.items()}
     os.makedirs(args.output_dir, exist_ok=True)
     config = {"args": plain_args(args), "files_sha256": hashes, "world_size": args.world_size,

@@ -144,15 +144,6 @@ def all_gather_objects(obj):
     return gathered
 
 
-def broadcast_object(obj, src=0):
-    """Rank ``src``'s ``obj`` on every rank."""
-    if not is_dist():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 class ShardSampler(torch.utils.data.Sampler):
     """Evaluation sampler: rank r takes indices r, r+W, r+2W, ... in order.
 
@@ -177,8 +168,3 @@ def wrap_ddp(model, device):
     if not is_dist():
         return model
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def unwrap(model):
-    """The plain module inside DistributedDataParallel (or the model itself)."""
-    return model.module if hasattr(model, "module") else model

@@ -5,8 +5,13 @@
 - :func:`evaluate` gives accuracy, mean per-class accuracy, loss and the confusion matrix (and VAD
   regression statistics when the model predicts VAD), exact under DDP: each rank evaluates its
   shard, and counts and sums, never averages, are all-reduced.
-- :func:`fit` is the epoch loop of a training stage: resume, train, evaluate, keep the best,
-  write checkpoint-last / checkpoint-best atomically, log.
+- :class:`Trainer` holds what a training stage is made of (model on its device, its DDP wrapper, the
+  objective, optimiser, schedule, AMP settings and checkpoint metadata); :meth:`Trainer.fit` is the
+  epoch loop: resume, train, evaluate, keep the best, write checkpoint-last / checkpoint-best
+  atomically, log. :meth:`Trainer.evaluate_checkpoint` is ``--eval``.
+
+An *objective* is what a stage optimises: ``objective(model, batch) -> (loss, parts, outputs)`` and
+``objective.predict(model, batch) -> {"logits"[, "vad"]}`` (utils/objectives.py).
 """
 import contextlib
 import os
@@ -14,19 +19,18 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from utils import distributed as du
-from utils.checkpoint import (load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state,
-                              write_json)
+from utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json
 from utils.errors import UserError
+from utils.labels import VAD_NAMES
 from utils.log import RunLogger, format_line, progress
-from utils.metrics import RegressionStats, classification_summary, save_confusion_matrix
-
-VAD_NAMES = ("valence", "arousal", "dominance")
+from utils.metrics import RegressionStats, classification_summary, confusion_counts, save_confusion_matrix
 
 
 # --------------------------------------------------------------------------- device helpers
-def amp_setup(device, enabled):
+def amp_setup(device: torch.device, enabled: bool):
     """(autocast dtype or None, GradScaler or None): bf16 where the GPU supports it, else fp16 + scaler."""
     if not enabled or device.type != "cuda":
         if enabled:
@@ -37,13 +41,13 @@ def amp_setup(device, enabled):
     return torch.float16, torch.amp.GradScaler(device.type)
 
 
-def autocast(device, dtype):
+def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def to_device(batch, device, channels_last=False):
+def to_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
     out = {}
     for key, value in batch.items():
         if torch.is_tensor(value):
@@ -58,23 +62,10 @@ class NonFiniteLoss(UserError):
     pass
 
 
-def build_optimizer(args, parameters):
+def build_optimizer(args, parameters) -> torch.optim.Optimizer:
     """Adam with the paper's betas (0.5, 0.999) over the trainable parameters."""
     trainable = [p for p in parameters if p.requires_grad]
     return torch.optim.Adam(trainable, lr=args.lr, betas=(0.5, 0.999), weight_decay=args.weight_decay)
-
-
-def prepare_training(args, model):
-    """Move ``model`` to the run's device (channels_last when asked), wrap it for DDP, and build the
-    optimiser, schedule and AMP settings. Returns (model, ddp_model, optimizer, scheduler,
-    per_iteration, amp_dtype, scaler)."""
-    model = model.to(args.device_obj)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(args, model.parameters())
-    scheduler, per_iteration = build_scheduler(args, optimizer)
-    amp_dtype, scaler = amp_setup(args.device_obj, args.amp)
-    return model, du.wrap_ddp(model, args.device_obj), optimizer, scheduler, per_iteration, amp_dtype, scaler
 
 
 def build_scheduler(args, optimizer):
@@ -86,7 +77,7 @@ def build_scheduler(args, optimizer):
 
 
 # --------------------------------------------------------------------------- one epoch
-def optimizer_step(loss, optimizer, scaler=None):
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler=None) -> None:
     """Backward and one optimiser step (through the GradScaler under fp16 autocast)."""
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
@@ -98,8 +89,8 @@ def optimizer_step(loss, optimizer, scaler=None):
         optimizer.step()
 
 
-def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, scheduler=None, per_iteration=True,
-                    scaler=None, amp_dtype=None, channels_last=False):
+def train_one_epoch(model, loss_fn, loader, optimizer, device: torch.device, epoch: int, scheduler=None,
+                    per_iteration: bool = True, scaler=None, amp_dtype=None, channels_last: bool = False) -> dict:
     """Train one epoch. ``loss_fn(model, batch) -> (loss, parts, outputs)`` where ``parts`` maps names
     to detached scalar tensors (logged as ``train_<name>``) and ``outputs`` holds ``logits`` (train
     accuracy) and, for the multi-task model, ``vad`` (train VAD statistics).
@@ -132,7 +123,7 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, scheduler=
         correct += (outputs["logits"].argmax(1) == batch["label"]).sum()
         seen += n
         if "vad" in outputs:
-            vad_stats = RegressionStats(3) if vad_stats is None else vad_stats
+            vad_stats = RegressionStats(3, VAD_NAMES, device) if vad_stats is None else vad_stats
             vad_stats.update(outputs["vad"].detach().float(), batch["vad"])
     elapsed = time.perf_counter() - start
     lr = optimizer.param_groups[0]["lr"]  # the epoch's lr (before a per-epoch schedule moves it)
@@ -156,21 +147,16 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, scheduler=
     return result
 
 
-def reduce_vad(stats, device):
-    """Per-dimension VAD metrics from statistics summed over every rank."""
+def reduce_vad(stats: RegressionStats, device: torch.device) -> dict:
+    """Per-dimension VAD metrics (``valence_mse`` ... ``dominance_ccc``) from statistics summed over every rank."""
     flat = stats.as_tensor().to(device)
     du.all_reduce_sum(flat)
-    out = {}
-    for metric, values in RegressionStats.from_tensor(flat.cpu(), 3).compute().items():
-        if metric == "n":  # the sample count, an int, not a per-dimension metric
-            continue
-        for name, value in zip(VAD_NAMES, values):
-            out[f"{name}_{metric}"] = float(value)
-    return out
+    return RegressionStats.from_tensor(flat.cpu(), 3, VAD_NAMES).as_dict()
 
 
 @torch.no_grad()
-def evaluate(model, predict_fn, loader, device, classes, amp_dtype=None, channels_last=False):
+def evaluate(model, predict_fn, loader, device: torch.device, classes: list, amp_dtype=None,
+             channels_last: bool = False) -> dict:
     """Evaluate ``predict_fn(model, batch) -> {"logits"[, "vad"]}`` over a sharded loader.
 
     Returns ``loss``, ``acc``, ``mean_class_acc`` (percent), ``confusion`` (C x C tensor, rows true)
@@ -179,7 +165,7 @@ def evaluate(model, predict_fn, loader, device, classes, amp_dtype=None, channel
     """
     model.eval()
     num_classes = len(classes)
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=device)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
     loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
     vad_stats = None
     for batch in progress(loader, desc="eval"):
@@ -192,13 +178,13 @@ def evaluate(model, predict_fn, loader, device, classes, amp_dtype=None, channel
         logits = out["logits"].float()
         labels = batch["label"]
         loss_sum[0] += F.cross_entropy(logits, labels, reduction="sum").double()
-        confusion += torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes ** 2).double()
+        confusion += confusion_counts(labels, logits.argmax(1), num_classes).double()
         if "vad" in out:
-            vad_stats = RegressionStats(3) if vad_stats is None else vad_stats
+            vad_stats = RegressionStats(3, VAD_NAMES, device) if vad_stats is None else vad_stats
             vad_stats.update(out["vad"].float(), batch["vad"])
     du.all_reduce_sum(confusion)
     du.all_reduce_sum(loss_sum)
-    confusion = confusion.view(num_classes, num_classes).round().long().cpu()
+    confusion = confusion.round().long().cpu()
     total = int(confusion.sum())
     if total == 0:
         raise UserError("the evaluation split gave no readable image.")
@@ -213,12 +199,12 @@ def evaluate(model, predict_fn, loader, device, classes, amp_dtype=None, channel
     return result
 
 
-def scalars(prefix, result):
+def scalars(prefix: str, result: dict) -> dict:
     """The loggable numbers of an evaluation result, prefixed (``eval_acc`` ...)."""
     return {f"{prefix}_{k}": v for k, v in result.items() if isinstance(v, (int, float))}
 
 
-def write_eval_report(output_dir, split, result, classes, extra=None):
+def write_eval_report(output_dir: str, split: str, result: dict, classes: list, extra: dict | None = None) -> None:
     """metrics.json + confusion_matrix.csv/.png for one evaluated split (rank 0 only)."""
     if not du.is_main_process():
         return
@@ -231,21 +217,49 @@ def write_eval_report(output_dir, split, result, classes, extra=None):
                           os.path.join(output_dir, f"confusion_matrix{suffix}.png"))
 
 
-# --------------------------------------------------------------------------- the epoch loop
+# --------------------------------------------------------------------------- the stage
 class Trainer:
-    """Everything :func:`fit` needs about a stage, built by the stage script."""
+    """What a training stage is made of, and its epoch loop.
 
-    def __init__(self, args, model, ddp_model, loss_fn, predict_fn, optimizer, scheduler, per_iteration,
-                 scaler, amp_dtype, meta, select_metric="eval_acc", on_epoch_end=None):
-        self.args, self.model, self.ddp_model = args, model, ddp_model
-        self.loss_fn, self.predict_fn = loss_fn, predict_fn
-        self.optimizer, self.scheduler, self.per_iteration = optimizer, scheduler, per_iteration
-        self.scaler, self.amp_dtype = scaler, amp_dtype
-        self.meta = meta  # plain types: classes, input_size, mean, std, model kind, hashes ...
+    Built once per run by the stage script: ``model`` goes to ``args.device_obj`` (channels_last when
+    asked) and is wrapped for DDP in a multi-process run; the optimiser (Adam, betas 0.5/0.999), the
+    schedule (``--lr_schedule``) and the AMP settings follow ``args``. ``objective`` is the stage's loss
+    (``objective(model, batch) -> (loss, parts, outputs)``, ``objective.predict(model, batch)``);
+    ``meta`` holds the plain-typed metadata every checkpoint carries (classes, input size, mean, std,
+    model kind, hashes ...). ``select_metric`` chooses the best epoch; ``on_epoch_end(history, best)``
+    writes stage-specific records on rank 0.
+    """
+
+    def __init__(self, args, model: nn.Module, objective, meta: dict, select_metric: str = "eval_acc",
+                 on_epoch_end=None):
+        self.args = args
+        self.device = args.device_obj
+        model = model.to(self.device)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.ddp_model = du.wrap_ddp(model, self.device)
+        self.objective = objective
+        self.optimizer = build_optimizer(args, model.parameters())
+        self.scheduler, self.per_iteration = build_scheduler(args, self.optimizer)
+        self.amp_dtype, self.scaler = amp_setup(self.device, args.amp)
+        self.meta = meta
         self.select_metric = select_metric
-        self.on_epoch_end = on_epoch_end  # callable(history, best) for stage-specific records (rank 0)
+        self.on_epoch_end = on_epoch_end
 
-    def state(self, epoch, best, history, rng):
+    # ---------------------------------------------------------------- one epoch, one evaluation
+    def train_epoch(self, loader, epoch: int) -> dict:
+        """One epoch of the objective over ``loader`` (see :func:`train_one_epoch`)."""
+        return train_one_epoch(self.ddp_model, self.objective, loader, self.optimizer, self.device, epoch,
+                               self.scheduler, self.per_iteration, self.scaler, self.amp_dtype,
+                               self.args.channels_last)
+
+    def evaluate(self, loader, classes: list) -> dict:
+        return evaluate(self.model, self.objective.predict, loader, self.device, classes, self.amp_dtype,
+                        self.args.channels_last)
+
+    # ---------------------------------------------------------------- checkpoints
+    def state(self, epoch: int, best: dict, history: list, rng: list) -> dict:
         """The checkpoint: tensors and plain types only. ``rng`` holds every rank's RNG state."""
         return {
             "model": self.model.state_dict(),
@@ -256,11 +270,12 @@ class Trainer:
             "best": best,
             "history": history,
             "rng": rng,
-            "args": {k: v for k, v in vars(self.args).items() if isinstance(v, (str, int, float, bool, type(None), list))},
+            "args": plain_args(self.args),
             "meta": self.meta,
         }
 
-    def restore(self, checkpoint):
+    def restore(self, checkpoint: dict) -> tuple[int, dict | None, list]:
+        """Load a training checkpoint; returns (start epoch, best so far, history)."""
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.scheduler is not None and checkpoint.get("scheduler"):
@@ -275,8 +290,84 @@ class Trainer:
                   f"{du.get_world_size()}; random streams restart from the seed.")
         return checkpoint["epoch"] + 1, checkpoint.get("best"), list(checkpoint.get("history") or [])
 
+    # ---------------------------------------------------------------- the epoch loop
+    def fit(self, train_loader, train_sampler, eval_loaders: dict, classes: list, epochs: int):
+        """Train ``epochs`` epochs, evaluating every loader in ``eval_loaders`` ({"eval": ..., "test": ...}).
 
-def check_meta(checkpoint, meta, path, keys=("model", "classes", "input_size")):
+        ``eval`` selects the best epoch (``select_metric``); ``test`` is reported only. A run continues
+        from ``args.resume`` (settled once by :func:`utils.cli.prepare_resume`; '' for a fresh start).
+        Returns (best, history).
+        """
+        args = self.args
+        output_dir = args.output_dir
+        start_epoch, best, history = 0, None, []
+        if args.resume:
+            checkpoint = load_checkpoint(args.resume)
+            check_meta(checkpoint, self.meta, args.resume)
+            start_epoch, best, history = self.restore(checkpoint)
+            print(f"resumed from {args.resume} at epoch {start_epoch}")
+        logger = RunLogger(output_dir, args.log_dir, start_epoch, history)
+        last_path = os.path.join(output_dir, "checkpoint-last.pth")
+        best_path = os.path.join(output_dir, "checkpoint-best.pth")
+        try:
+            for epoch in range(start_epoch, epochs):
+                train_sampler.set_epoch(epoch)
+                if hasattr(train_loader.dataset, "set_epoch"):
+                    train_loader.dataset.set_epoch(epoch)
+                start = time.perf_counter()
+                record = {"epoch": epoch}
+                record.update(self.train_epoch(train_loader, epoch))
+                results = {}
+                for split, loader in eval_loaders.items():
+                    results[split] = self.evaluate(loader, classes)
+                    record.update(scalars(split, results[split]))
+                record["epoch_time"] = time.perf_counter() - start
+                value = record.get(self.select_metric)
+                is_best = best is None or (value is not None and value > best["value"])
+                if is_best:
+                    best = {"epoch": epoch, "value": value, "metric": self.select_metric}
+                record["best_" + self.select_metric] = best["value"]
+                history.append(record)
+                rng = du.all_gather_objects(rng_state())
+                if du.is_main_process():
+                    state = self.state(epoch, best, history, rng)
+                    save_checkpoint(last_path, state)
+                    if is_best:  # weights and metadata only: what --eval, stage 2/3 and predict.py read
+                        save_checkpoint(best_path, {k: state[k] for k in ("model", "epoch", "best", "args", "meta")})
+                        for split, result in results.items():
+                            write_eval_report(output_dir, split, result, classes, {"epoch": epoch})
+                logger.log(record)
+                if self.on_epoch_end is not None and du.is_main_process():
+                    self.on_epoch_end(history, best)
+                du.barrier()
+        finally:
+            logger.close()
+        if best is not None:
+            print(f"best {self.select_metric} {best['value']:.4f} at epoch {best['epoch']}; "
+                  f"checkpoints in {output_dir}")
+        return best, history
+
+    def evaluate_checkpoint(self, path: str, eval_loaders: dict, classes: list) -> dict:
+        """``--eval``: load a checkpoint's weights, evaluate each split, print and write the report."""
+        checkpoint = load_checkpoint(path)
+        check_meta(checkpoint, self.meta, path)
+        self.model.load_state_dict(checkpoint["model"])
+        out = {}
+        for split, loader in eval_loaders.items():
+            result = self.evaluate(loader, classes)
+            out[split] = result
+            print(f"{split}: " + format_line({k: v for k, v in result.items() if isinstance(v, (int, float))}))
+            write_eval_report(self.args.output_dir, split, result, classes,
+                              {"checkpoint": os.path.abspath(path), "epoch": checkpoint.get("epoch")})
+        return out
+
+
+def plain_args(args) -> dict:
+    """The flags as plain types (what checkpoints and config.json record)."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None), list))}
+
+
+def check_meta(checkpoint: dict, meta: dict, path: str, keys=("model", "backbone", "classes", "input_size")) -> None:
     """Refuse a checkpoint written for another model, class list or input size."""
     saved = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
     if not saved:
@@ -285,79 +376,3 @@ def check_meta(checkpoint, meta, path, keys=("model", "classes", "input_size")):
         if key in meta and saved.get(key) != meta[key]:
             raise UserError(f"{path} was written for {key} {saved.get(key)!r}, but this run has {meta[key]!r}; "
                             f"point --resume at a checkpoint of the same kind of run.")
-
-
-def fit(trainer, train_loader, train_sampler, eval_loaders, classes, epochs):
-    """Train ``epochs`` epochs, evaluating every loader in ``eval_loaders`` ({"eval": ..., "test": ...}).
-
-    ``eval`` selects the best epoch (``trainer.select_metric``); ``test`` is reported only.
-    """
-    args = trainer.args
-    output_dir = args.output_dir
-    start_epoch, best, history = 0, None, []
-    resume = resolve_resume(args.resume, output_dir)
-    if resume:
-        checkpoint = load_checkpoint(resume)
-        check_meta(checkpoint, trainer.meta, resume)
-        start_epoch, best, history = trainer.restore(checkpoint)
-        print(f"resumed from {resume} at epoch {start_epoch}")
-    logger = RunLogger(output_dir, args.log_dir, start_epoch, history)
-    last_path = os.path.join(output_dir, "checkpoint-last.pth")
-    best_path = os.path.join(output_dir, "checkpoint-best.pth")
-    try:
-        for epoch in range(start_epoch, epochs):
-            train_sampler.set_epoch(epoch)
-            if hasattr(train_loader.dataset, "set_epoch"):
-                train_loader.dataset.set_epoch(epoch)
-            start = time.perf_counter()
-            record = {"epoch": epoch}
-            record.update(train_one_epoch(trainer.ddp_model, trainer.loss_fn, train_loader, trainer.optimizer,
-                                          args.device_obj, epoch, trainer.scheduler, trainer.per_iteration,
-                                          trainer.scaler, trainer.amp_dtype, args.channels_last))
-            results = {}
-            for split, loader in eval_loaders.items():
-                results[split] = evaluate(trainer.model, trainer.predict_fn, loader, args.device_obj, classes,
-                                          trainer.amp_dtype, args.channels_last)
-                record.update(scalars(split, results[split]))
-            record["epoch_time"] = time.perf_counter() - start
-            value = record.get(trainer.select_metric)
-            is_best = best is None or (value is not None and value > best["value"])
-            if is_best:
-                best = {"epoch": epoch, "value": value, "metric": trainer.select_metric}
-            record["best_" + trainer.select_metric] = best["value"]
-            history.append(record)
-            rng = du.all_gather_objects(rng_state())
-            if du.is_main_process():
-                state = trainer.state(epoch, best, history, rng)
-                save_checkpoint(last_path, state)
-                if is_best:  # weights and metadata only: what --eval, stage 2/3 and predict.py read
-                    save_checkpoint(best_path, {k: state[k] for k in ("model", "epoch", "best", "args", "meta")})
-                    write_eval_report(output_dir, "eval", results["eval"], classes, {"epoch": epoch})
-                    if "test" in results:
-                        write_eval_report(output_dir, "test", results["test"], classes, {"epoch": epoch})
-            logger.log(record)
-            if trainer.on_epoch_end is not None and du.is_main_process():
-                trainer.on_epoch_end(history, best)
-            du.barrier()
-    finally:
-        logger.close()
-    if best is not None:
-        print(f"best {trainer.select_metric} {best['value']:.4f} at epoch {best['epoch']}; "
-              f"checkpoints in {output_dir}")
-    return best, history
-
-
-def evaluate_checkpoint(trainer, path, eval_loaders, classes):
-    """``--eval``: load a checkpoint's weights, evaluate each split, print and write the report."""
-    checkpoint = load_checkpoint(path)
-    check_meta(checkpoint, trainer.meta, path)
-    trainer.model.load_state_dict(checkpoint["model"])
-    out = {}
-    for split, loader in eval_loaders.items():
-        result = evaluate(trainer.model, trainer.predict_fn, loader, trainer.args.device_obj, classes,
-                          trainer.amp_dtype, trainer.args.channels_last)
-        out[split] = result
-        print(f"{split}: " + format_line({k: v for k, v in result.items() if isinstance(v, (int, float))}))
-        write_eval_report(trainer.args.output_dir, split, result, classes, {"checkpoint": os.path.abspath(path),
-                                                                           "epoch": checkpoint.get("epoch")})
-    return out

@@ -30,6 +30,34 @@ AFFECTNET_CODES = {0: "neutral", 1: "happy", 2: "sad", 3: "surprise", 4: "fear",
 # Focal-loss alphas of the paper for RAF-DB, in CLASSES_7 order.
 RAFDB_FOCAL_ALPHA = [0.7, 0.8, 0.9, 0.2, 0.4, 0.4, 0.6]
 
+# The data formats the stages read (``--dataset``).
+DATASETS = ("folder", "rafdb", "fer2013", "ferplus", "affectnet")
+
+# Valence / Arousal / Dominance: the names used in logs and outputs, and the FER2013-VAD CSV columns.
+VAD_NAMES = ("valence", "arousal", "dominance")
+VAD_COLUMNS = ("Valence", "Arousal", "Dominance")
+
+# Expected (Valence, Arousal, Dominance) signs per canonical class name (docs/method.md, "Multi-task
+# category + VAD"): "+" positive, "-" negative, "0" near zero, "·" free. Contempt (8-class sets) is all free.
+VAD_SIGNS = {
+    "anger": ("-", "+", "·"),
+    "disgust": ("-", "+", "+"),
+    "fear": ("-", "·", "-"),
+    "happy": ("+", "+", "+"),
+    "sad": ("-", "-", "-"),
+    "surprise": ("·", "+", "-"),
+    "neutral": ("0", "0", "·"),
+    "contempt": ("·", "·", "·"),
+}
+assert set(CLASSES_7) <= set(VAD_SIGNS) and set(CLASSES_8) <= set(VAD_SIGNS)
+
+# Float codes of vad_sign_matrix: +1 "+", -1 "-", 0 "0", NaN "·" (free: no constraint).
+SIGN_CODES = {"+": 1.0, "-": -1.0, "0": 0.0, "·": float("nan")}
+
+# Other spellings of the canonical names (FER2013 / RAF-DB / FERPlus source names), case-insensitive.
+CLASS_ALIASES = {"angry": "anger", "happiness": "happy", "sadness": "sad", "surprised": "surprise",
+                 "disgusted": "disgust", "fearful": "fear"}
+
 
 def classes_for(num_classes):
     """The canonical class list for 7 or 8 classes."""

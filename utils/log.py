@@ -17,7 +17,8 @@ import sys
 from tqdm import tqdm
 
 from utils import distributed as du
-from utils.checkpoint import atomic_path, atomic_write_bytes, remove_stale_temporaries
+from utils.checkpoint import atomic_path, atomic_write_bytes, remove_stale_temporaries, write_csv
+from utils.labels import VAD_NAMES
 
 
 def show_progress():
@@ -135,3 +136,35 @@ class RunLogger:
     def close(self):
         if self.writer is not None:
             self.writer.close()
+
+
+def write_vad_records(output_dir: str, history: list, best: dict) -> None:
+    """The multi-task records, rewritten atomically after every epoch from the run's history:
+    AccProcess_classify.csv (train / public / private accuracy), AccProcess_regress{V,A,D}.csv (MSE and
+    CCC per split) and summary.txt (the chosen epoch and its figures)."""
+    import pandas as pd  # only the multi-task run needs it
+
+    frame = pd.DataFrame(history)
+    splits = {"train": "train", "public": "eval", "private": "test"}
+
+    def column(split, key):
+        name = f"{splits[split]}_{key}"
+        return frame[name] if name in frame else float("nan")
+
+    classify = pd.DataFrame({"epoch": frame["epoch"], **{f"{s}_acc": column(s, "acc") for s in splits}})
+    write_csv(os.path.join(output_dir, "AccProcess_classify.csv"), classify)
+    for letter, name in zip("VAD", VAD_NAMES):
+        table = pd.DataFrame({"epoch": frame["epoch"], **{f"{s}_loss": column(s, f"{name}_mse") for s in splits},
+                              **{f"{s}_ccc": column(s, f"{name}_ccc") for s in splits}})
+        write_csv(os.path.join(output_dir, f"AccProcess_regress{letter}.csv"), table)
+    chosen = next(r for r in history if r["epoch"] == best["epoch"])
+    lines = [f"chosen epoch: {best['epoch']} (best PublicTest accuracy, the eval split)",
+             f"category accuracy: train {chosen.get('train_acc', float('nan')):.2f} | public "
+             f"{chosen.get('eval_acc', float('nan')):.2f} | private {chosen.get('test_acc', float('nan')):.2f}"]
+    for split, prefix in (("public", "eval"), ("private", "test")):
+        for name in VAD_NAMES:
+            keys = [f"{prefix}_{name}_{m}" for m in ("mse", "mae", "pearson", "ccc")]
+            if keys[0] in chosen:
+                lines.append(f"{split} {name}: MSE {chosen[keys[0]]:.4f} MAE {chosen[keys[1]]:.4f} "
+                             f"Pearson {chosen[keys[2]]:.4f} CCC {chosen[keys[3]]:.4f}")
+    atomic_write_bytes(os.path.join(output_dir, "summary.txt"), ("\n".join(lines) + "\n").encode())

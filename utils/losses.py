@@ -1,6 +1,6 @@
 """Loss functions of CRPN (stages 1 and 3) and of the multi-task category + VAD system.
 
-Every function here is a pure function of tensors; the formulas follow ``METHOD.md`` and are repeated
+Every function here is a pure function of tensors; the formulas follow docs/method.md and are repeated
 in each docstring. Conventions: B = batch size, C = number of classes, D = feature dimension.
 "Graph-safe zero" means a zero scalar that is connected to the inputs (``x.sum() * 0``), so that
 ``loss.backward()`` works and DistributedDataParallel sees every parameter used.
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from utils.labels import CLASSES_7, CLASSES_8
+from utils.labels import CLASS_ALIASES, SIGN_CODES, VAD_SIGNS
 
 __all__ = [
     "orthogonality_loss",
@@ -23,8 +23,6 @@ __all__ = [
     "class_weighted_supcon_naive",
     "mmd_loss",
     "kl_high_confidence",
-    "VAD_SIGNS",
-    "SIGN_CODES",
     "vad_sign_matrix",
     "vad_consistency_loss",
     "vad_mse",
@@ -46,7 +44,7 @@ def _zero_like_graph(*tensors):
 # ---------------------------------------------------------------------------------------------
 # Stage 1
 # ---------------------------------------------------------------------------------------------
-def orthogonality_loss(e, n, eps=1e-6):
+def orthogonality_loss(e: torch.Tensor, n: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Disentanglement loss between emotion features E and non-emotion features N (both B×D).
 
     Ê = E / (‖E_i‖₂ + eps) and N̂ = N / (‖N_i‖₂ + eps) row by row, the norms **detached** (treated as
@@ -61,7 +59,7 @@ def orthogonality_loss(e, n, eps=1e-6):
     return (m * m).mean()
 
 
-def focal_loss(logits, target, alpha, gamma=2.0, eps=1e-8):
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor, gamma: float = 2.0, eps: float = 1e-8) -> torch.Tensor:
     """Multi-class focal loss with per-class α.
 
     p_i = softmax(logits_i)[y_i] + eps;  L = (1/B) Σ_i −α_{y_i} (1 − p_i)^γ log p_i.
@@ -83,7 +81,7 @@ def focal_loss(logits, target, alpha, gamma=2.0, eps=1e-8):
     return loss.mean()
 
 
-def focal_alpha_from_counts(counts, low=0.2, high=0.9):
+def focal_alpha_from_counts(counts, low: float = 0.2, high: float = 0.9) -> list[float]:
     """Per-class focal α from training class counts (the automatic rule for datasets other than RAF-DB).
 
     Rule (log-frequency, min-max): with n_c clamped to at least 1,
@@ -114,7 +112,7 @@ def focal_alpha_from_counts(counts, low=0.2, high=0.9):
     return [high - (high - low) * (v - lo) / (hi - lo) for v in logs]
 
 
-def rank_regularization(confidence, high_ratio=0.7, margin=0.15):
+def rank_regularization(confidence: torch.Tensor, high_ratio: float = 0.7, margin: float = 0.15) -> torch.Tensor:
     """Rank regularisation of the per-sample emotional confidence a (B values).
 
     Sort a in descending order; the top k = ⌊high_ratio · B⌋ form the high group, the other B − k the
@@ -133,7 +131,7 @@ def rank_regularization(confidence, high_ratio=0.7, margin=0.15):
     return torch.clamp(margin - gap, min=0.0)
 
 
-def batch_class_weights(labels, num_classes):
+def batch_class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Per-batch class weights w_c = 1 − n_c / B (n_c = samples of class c in the batch), a C vector."""
     labels = labels.long().flatten()
     if labels.numel() == 0:
@@ -386,7 +384,7 @@ def class_weighted_supcon_naive(features, labels, num_classes, temperature=0.07,
 # ---------------------------------------------------------------------------------------------
 # Stage 3
 # ---------------------------------------------------------------------------------------------
-def mmd_loss(x, y, kernel_mul=2.0, kernel_num=5):
+def mmd_loss(x: torch.Tensor, y: torch.Tensor, kernel_mul: float = 2.0, kernel_num: int = 5) -> torch.Tensor:
     """Gaussian-kernel maximum mean discrepancy between targets x (B×D) and features y (B×D).
 
     Z = [x; y] (2B×D);  D_ij = ‖z_i − z_j‖²;  b = Σ_ij D_ij / ((2B)² − 2B) / kernel_mul^(kernel_num//2);
@@ -418,7 +416,7 @@ def mmd_loss(x, y, kernel_mul=2.0, kernel_num=5):
     return torch.mean(xx + yy - xy - yx)
 
 
-def kl_high_confidence(logits_concept, logits_percept, mask):
+def kl_high_confidence(logits_concept: torch.Tensor, logits_percept: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """KL(softmax(logits_concept) ‖ softmax(logits_percept)) over the rows with mask = 1 only.
 
     = F.kl_div(log_softmax(logits_p[m]), softmax(logits_c[m]), reduction="batchmean")
@@ -441,29 +439,7 @@ def kl_high_confidence(logits_concept, logits_percept, mask):
 # ---------------------------------------------------------------------------------------------
 # Multi-task category + VAD
 # ---------------------------------------------------------------------------------------------
-# Expected (Valence, Arousal, Dominance) signs per canonical class name (METHOD.md, "The second
-# system"): "+" positive, "-" negative, "0" near zero, "·" free. Contempt (8-class sets) is all free.
-VAD_SIGNS = {
-    "anger": ("-", "+", "·"),
-    "disgust": ("-", "+", "+"),
-    "fear": ("-", "·", "-"),
-    "happy": ("+", "+", "+"),
-    "sad": ("-", "-", "-"),
-    "surprise": ("·", "+", "-"),
-    "neutral": ("0", "0", "·"),
-    "contempt": ("·", "·", "·"),
-}
-assert set(CLASSES_7) <= set(VAD_SIGNS) and set(CLASSES_8) <= set(VAD_SIGNS)
-
-# Float codes of vad_sign_matrix: +1 "+", -1 "-", 0 "0", NaN "·" (free: no constraint).
-SIGN_CODES = {"+": 1.0, "-": -1.0, "0": 0.0, "·": float("nan")}
-
-# Other spellings of the canonical names (FER2013 / RAF-DB / FERPlus source names), case-insensitive.
-_CLASS_ALIASES = {"angry": "anger", "happiness": "happy", "sadness": "sad", "surprised": "surprise",
-                  "disgusted": "disgust", "fearful": "fear"}
-
-
-def vad_sign_matrix(classes):
+def vad_sign_matrix(classes: list[str]) -> torch.Tensor:
     """The C×3 float code tensor of expected VAD signs for ``classes`` (a list of class names), by name.
 
     Row c = the (V, A, D) codes of ``classes[c]`` from VAD_SIGNS: +1 for "+", −1 for "−", 0 for "0"
@@ -474,7 +450,7 @@ def vad_sign_matrix(classes):
     rows = []
     for name in classes:
         key = str(name).strip().lower()
-        key = _CLASS_ALIASES.get(key, key)
+        key = CLASS_ALIASES.get(key, key)
         if key not in VAD_SIGNS:
             raise ValueError(f"no expected VAD signs for class {name!r}; known classes: "
                              f"{', '.join(sorted(VAD_SIGNS))}")
@@ -484,7 +460,7 @@ def vad_sign_matrix(classes):
     return torch.tensor(rows, dtype=torch.float32)
 
 
-def vad_consistency_loss(vad, weights, sign_matrix):
+def vad_consistency_loss(vad: torch.Tensor, weights: torch.Tensor, sign_matrix: torch.Tensor) -> torch.Tensor:
     """Differentiable sign-consistency penalty between category and VAD predictions.
 
     For sample b, class c, dimension d with predicted value v = vad[b, d] and code s = sign_matrix[c, d]:
@@ -511,7 +487,7 @@ def vad_consistency_loss(vad, weights, sign_matrix):
     return per_sample.mean()
 
 
-def vad_mse(pred, target, reduction="mean"):
+def vad_mse(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Mean squared error per sample and per dimension: (1/(B·K)) Σ_b Σ_d (pred_bd − target_bd)².
 
     ``pred`` and ``target`` must have the same shape B×K (B×3 for VAD); anything else raises ValueError —

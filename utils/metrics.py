@@ -8,7 +8,8 @@ the result never depends on how the data was split.
 import numpy as np
 import torch
 
-from utils.checkpoint import atomic_path, save_figure
+from utils.checkpoint import atomic_path
+from utils.figures import new_figure, save_figure
 
 __all__ = ["confusion_counts", "classification_summary", "RegressionStats", "save_confusion_matrix"]
 
@@ -90,7 +91,7 @@ class RegressionStats:
 
     Per dimension: n, Σx, Σy, Σx², Σy², Σxy, Σ|x−y|, Σ(x−y)² with x = prediction, y = target.
     ``as_tensor()`` gives them as one flat float64 tensor (8·K values) to all-reduce (sum);
-    ``from_tensor()`` rebuilds the object; ``merge()`` / ``+`` add two of them. ``compute()`` returns
+    ``from_tensor()`` rebuilds the object (after summing such tensors). ``compute()`` returns
     per-dimension MSE, MAE, Pearson r and Lin's concordance correlation coefficient
         CCC = 2·cov(x, y) / (var(x) + var(y) + (μx − μy)²)
     with population (1/n) moments. Both correlations are NaN when a variance is zero (r) or the
@@ -151,17 +152,6 @@ class RegressionStats:
         out.stats = tensor.reshape(fields, num_dims).clone()
         return out
 
-    def merge(self, other):
-        """Add another RegressionStats of the same width in place."""
-        if other.num_dims != self.num_dims:
-            raise ValueError(f"cannot merge {other.num_dims}-dimensional stats into {self.num_dims}")
-        self.stats += other.stats.to(self.stats.device)
-        return self
-
-    def __add__(self, other):
-        out = RegressionStats.from_tensor(self.as_tensor(), names=self.names)
-        return out.merge(other)
-
     @property
     def count(self):
         return int(self.stats[0, 0].item())
@@ -196,8 +186,7 @@ def save_confusion_matrix(confusion, classes, csv_path, png_path):
 
     The picture shows the counts in each cell, coloured by the row-normalised fraction (recall of each
     true class). Both files are written atomically (temporary file in the same folder + os.replace);
-    either path may be None to skip that file. Uses matplotlib's Agg canvas directly, so it never
-    changes the process's global backend.
+    either path may be None to skip that file.
     """
     import pandas as pd
 
@@ -213,16 +202,12 @@ def save_confusion_matrix(confusion, classes, csv_path, png_path):
         with atomic_path(csv_path) as tmp:
             frame.to_csv(tmp)
     if png_path is not None:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
         counts = cm.astype(np.float64)
         rows = counts.sum(axis=1, keepdims=True)
         frac = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
         size = max(4.0, 0.8 * len(classes) + 2.0)
-        fig = Figure(figsize=(size + 1.0, size))
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot(1, 1, 1)
+        fig, axes = new_figure(1, 1, figsize=(size + 1.0, size))
+        ax = axes[0, 0]
         image = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
         ax.set_xticks(range(len(classes)))
