@@ -21,6 +21,7 @@ from dataset_concept import collate_skip_none
 from models.concept import frozen_concept, load_concept_checkpoint
 from utils.checkpoint import load_checkpoint, sha256_file
 from utils.cli import existing_file
+from utils.confidence import filter_by_correctness, teacher_quality
 from utils.errors import UserError
 
 
@@ -128,9 +129,11 @@ def concept_regularisation(args, train_set) -> tuple:
     """Stage 3's wiring of the concept regulariser (``--concept_target pool|self``).
 
     Reads stage 2's bank (checked against ``train_set``, the input size and, for online targets, the
-    concept checkpoint), loads the frozen concept model when targets are encoded online, and wraps the
-    training set with the confidence masks and pool draws. Returns (train set, concept model or None,
-    bank features/logits on the device or None, concept checkpoint sha256).
+    concept checkpoint), judges the concept model (its best eval accuracy and its accuracy on the scored
+    training images; a warning below ``--weak_teacher_acc``), loads the frozen concept model when targets
+    are encoded online, and wraps the training set with the confidence masks (restricted to correctly
+    classified samples with ``--teacher_filter correct``) and pool draws. Returns (train set, concept
+    model or None, bank features/logits on the device or None, concept checkpoint sha256, teacher figures).
     """
     online = args.pool_features == "online"
     concept = None
@@ -140,6 +143,22 @@ def concept_regularisation(args, train_set) -> tuple:
                       "run stage 1 first (python main_concept.py) or pass --concept_ckpt.")
         concept_sha = sha256_file(args.concept_ckpt)
     bank = load_bank(args.confidence_dir, train_set, args.input_size, concept_sha)
+    eval_acc = None
+    if os.path.isfile(args.concept_ckpt) and (concept_sha or sha256_file(args.concept_ckpt)) == bank["concept_sha256"]:
+        best = load_checkpoint(args.concept_ckpt, "concept checkpoint", mmap=True).get("best") or {}
+        eval_acc = best.get("value") if best.get("metric") == "eval_acc" else None
+    teacher, warning = teacher_quality(bank, eval_acc, args.weak_teacher_acc)
+    if warning:
+        print(warning, flush=True)
+    mask = bank["mask"]
+    if args.teacher_filter == "correct":
+        correct = bank["logits"].argmax(1) == bank["labels"]
+        mask, kept = filter_by_correctness(mask, correct, bank["labels"], len(train_set.classes))
+        teacher["filtered_mask_share"] = float(mask.float().mean())
+        if kept:
+            print(f"note: --teacher_filter correct: the concept model classifies no high-confidence image of "
+                  f"{', '.join(train_set.classes[c] for c in kept)} correctly; those classes keep their "
+                  f"unfiltered pools.", flush=True)
     if online:
         checkpoint = load_concept_checkpoint(args.concept_ckpt)
         if checkpoint["meta"]["classes"] != train_set.classes:
@@ -150,6 +169,6 @@ def concept_regularisation(args, train_set) -> tuple:
         if args.channels_last:
             concept = concept.to(memory_format=torch.channels_last)
     pool_features = "online" if online and args.concept_target == "pool" else ("bank" if not online else None)
-    wrapped = PerceptTrainSet(train_set, bank["mask"], args.k, pool_features, args.seed)
+    wrapped = PerceptTrainSet(train_set, mask, args.k, pool_features, args.seed)
     features = None if online else {k: bank[k].to(args.device_obj) for k in ("features", "logits")}
-    return wrapped, concept, features, bank["concept_sha256"]
+    return wrapped, concept, features, bank["concept_sha256"], teacher

@@ -41,18 +41,18 @@ def main(argv=None):
     splits, mean, std = build_splits(args, vad=args.vad)
     classes = splits["train"].classes
     mode = args.concept_target
-    concept = bank = concept_sha = None
+    concept = bank = concept_sha = teacher = None
     train_set = splits["train"]
     if mode != "none" and not args.eval:
-        train_set, concept, bank, concept_sha = concept_regularisation(args, train_set)
+        train_set, concept, bank, concept_sha, teacher = concept_regularisation(args, train_set)
     sign_matrix = vad_sign_matrix(classes).to(args.device_obj) if args.vad else None
 
     model = PerceptNet(len(classes), pretrained, vad=args.vad, backbone=args.backbone)
     meta = {"model": "PerceptNet+VAD" if args.vad else "PerceptNet", "backbone": args.backbone, "vad": args.vad,
             "classes": classes, "input_size": args.input_size, "mean": mean, "std": std, "dataset": args.dataset,
             "train_fingerprint": splits["train"].fingerprint(), "concept_target": mode,
-            "pool_features": args.pool_features, "concept_sha256": concept_sha,
-            "pretrained_sha256": model.weights_sha256}
+            "pool_features": args.pool_features, "teacher_filter": args.teacher_filter, "concept_sha256": concept_sha,
+            "teacher": teacher, "pretrained_sha256": model.weights_sha256}
     prepare_resume(args, meta)  # before anything is written
     trainer = Trainer(args, model, PerceptObjective(args, concept, bank, sign_matrix), meta,
                       on_epoch_end=(lambda history, best: write_vad_records(args.output_dir, history, best))

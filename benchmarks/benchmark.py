@@ -261,7 +261,7 @@ def bench_stage3(bench, results, shared):
         splits, _, _ = build_splits(args)
         train, concept, bank = splits["train"], None, None
         if target != "none":  # the stage's own wiring: bank.pt, the concept checkpoint, masks and pools
-            train, concept, bank, _ = concept_regularisation(args, train)
+            train, concept, bank, _, _ = concept_regularisation(args, train)
             results["stage3_low_confidence_share"] = float(1 - train.mask.float().mean())
         if name == "reference":  # the reference's way: pool images through both encoders
             concept = WholeConcept(concept)

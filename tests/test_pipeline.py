@@ -186,19 +186,26 @@ def percept_args(faces, concept_run, confidence_run, out, mode, epochs=1, *extra
 
 @pytest.mark.parametrize("mode", [["--concept_target", "pool", "--pool_features", "online"],
                                   ["--concept_target", "pool", "--pool_features", "bank"],
-                                  ["--concept_target", "self"], ["--concept_target", "none"]],
-                         ids=["pool-online", "pool-bank", "self", "none"])
+                                  ["--concept_target", "self"], ["--concept_target", "none"],
+                                  ["--concept_target", "pool", "--pool_features", "bank", "--teacher_filter", "correct"]],
+                         ids=["pool-online", "pool-bank", "self", "none", "pool-bank-correct"])
 def test_stage3_each_concept_target(mode, faces, concept_run, confidence_run, tmp_path):
     out = tmp_path / "percept"
     proc = run_script("main_percept.py", percept_args(faces, concept_run, confidence_run, out, mode))
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = read_log(out)[0]
     assert math.isfinite(record["train_loss"]) and 0 <= record["eval_acc"] <= 100
+    checkpoint = torch.load(out / "checkpoint-best.pth", map_location="cpu", weights_only=True)
     if mode[1] == "none":
-        assert "train_mmd" not in record
+        assert "train_mmd" not in record and checkpoint["meta"]["teacher"] is None
     else:
         assert record["train_mmd"] >= 0 and record["train_kl"] >= 0
-    checkpoint = torch.load(out / "checkpoint-best.pth", map_location="cpu", weights_only=True)
+        teacher = checkpoint["meta"]["teacher"]  # the 2-epoch scratch concept model is weak: the run says so
+        assert teacher["eval_acc"] == pytest.approx(max(r["eval_acc"] for r in read_log(concept_run[0])))
+        assert proc.stdout.count("warning: the concept model is weak") == 1
+        if "correct" in mode:
+            bank = torch.load(confidence_run / "bank.pt", map_location="cpu", weights_only=True)
+            assert teacher["filtered_mask_share"] <= float(bank["mask"].float().mean())
     assert checkpoint["meta"]["model"] == "PerceptNet"
     assert not any(k.startswith(("emotion", "non_emotion")) for k in checkpoint["model"])  # only P is saved
     metrics = json.loads((out / "metrics.json").read_text())

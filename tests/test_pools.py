@@ -124,3 +124,33 @@ def test_bank_fast_path_gives_the_online_losses_for_the_same_pool_images():
     for key in ("mmd", "kl", "ce"):
         assert parts["bank"][key].item() == pytest.approx(parts["online"][key].item(), abs=1e-6), key
     assert parts["self"]["mmd"].item() != pytest.approx(parts["online"]["mmd"].item(), abs=1e-6)
+
+
+def test_teacher_filter_keeps_only_correct_high_confidence_samples():
+    """--teacher_filter correct: mask AND correct, by hand; a class the teacher never gets right keeps
+    its unfiltered mask (else its pool would be empty)."""
+    from utils.confidence import filter_by_correctness
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    mask = torch.tensor([1, 1, 0, 1, 1, 0, 1, 0]).bool()
+    correct = torch.tensor([1, 0, 1, 0, 0, 1, 1, 1]).bool()
+    filtered, kept = filter_by_correctness(mask, correct, labels, 3)
+    assert filtered.tolist() == [True, False, False, True, True, False, True, False]
+    assert kept == [1]
+    pools = PerceptTrainSet(Items(labels.tolist()), filtered, k=2).pools
+    assert [p.tolist() for p in pools] == [[0], [3, 4], [6]]
+
+
+def test_teacher_quality_figures_and_warning():
+    from utils.confidence import teacher_quality
+
+    logits = torch.tensor([[2.0, 0, 0], [0, 2.0, 0], [2.0, 0, 0], [0, 0, 2.0]])
+    bank = {"labels": torch.tensor([0, 1, 1, 0]), "logits": logits, "classes": ["a", "b", "c"]}
+    figures, warning = teacher_quality(bank, 80.0, 50.0)
+    assert figures == {"train_acc": 50.0, "eval_acc": 80.0, "chance": pytest.approx(100 / 3)}
+    assert warning is None
+    figures, warning = teacher_quality(bank, 40.0, 50.0)
+    assert warning.startswith("warning: the concept model is weak (40.0 % on its eval split, 50.0 % on the training")
+    assert "--teacher_filter correct" in warning
+    _, warning = teacher_quality(bank, None, 60.0)  # no eval figure: judged on the training accuracy
+    assert "50.0 % on the training images" in warning and "eval split" not in warning

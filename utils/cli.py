@@ -118,6 +118,11 @@ def percept_parser() -> argparse.ArgumentParser:
                         help="weight of CE: 2 (the paper's stage 3), or 1 with --vad (the multi-task loss of docs/method.md)")
     method.add_argument("--beta", type=float, default=1.0, help="weight of MMD")
     method.add_argument("--gamma", type=float, default=1.0, help="weight of KL")
+    method.add_argument("--teacher_filter", default="none", choices=("none", "correct"),
+                        help="none: the paper's high-confidence mask; correct: also require the concept model to "
+                             "classify the sample correctly (a remedy for a weak concept model)")
+    method.add_argument("--weak_teacher_acc", type=float, default=50.0,
+                        help="warn when the concept model's eval accuracy (%%) is below this")
     vad = parser.add_argument_group("multi-task category + Valence/Arousal/Dominance")
     vad.add_argument("--vad", action="store_true", help="add the VAD head (needs --dataset fer2013 with VAD columns)")
     vad.add_argument("--lambda_vad", type=float, default=1.0, help="weight of the VAD MSE")
@@ -137,6 +142,8 @@ def check_percept_args(args) -> None:
     for name in ("alpha", "beta", "gamma", "lambda_vad", "lambda_cons"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name} cannot be negative.")
+    if not 0 <= args.weak_teacher_acc <= 100:
+        raise UserError(f"--weak_teacher_acc is a percentage in 0..100, got {args.weak_teacher_acc}.")
 
 
 # --------------------------------------------------------------------------- checks and start

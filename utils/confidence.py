@@ -106,3 +106,38 @@ def write_artefacts(output_dir: str, dataset, scores: dict, percentile: float, e
         "data_fingerprint": dataset.fingerprint(), **extra})
     save_histograms(os.path.join(output_dir, "confidence_hist.png"), confidence, labels, classes, thresholds)
     return {"images": len(frame), "thresholds": thresholds, "counts": counts, "pool_sizes": pool_sizes}
+
+
+def filter_by_correctness(mask: torch.Tensor, correct: torch.Tensor, labels: torch.Tensor,
+                          num_classes: int) -> tuple[torch.Tensor, list[int]]:
+    """The high-confidence mask restricted to samples the concept model classifies correctly
+    (``--teacher_filter correct``): mask_i and correct_i. A class left with no such sample keeps its
+    unfiltered mask (its pool would be empty otherwise); those classes are returned as the second value."""
+    mask, correct, labels = mask.bool(), correct.bool(), labels.long()
+    filtered = mask & correct
+    kept = []
+    for c in range(num_classes):
+        rows = labels == c
+        if mask[rows].any() and not filtered[rows].any():
+            filtered[rows] = mask[rows]
+            kept.append(c)
+    return filtered, kept
+
+
+def teacher_quality(bank: dict, eval_acc: float | None, min_acc: float) -> tuple[dict, str | None]:
+    """How good the concept model is, from what stage 2 recorded and stage 1's best evaluation:
+    ``train_acc`` (its accuracy on the training images it scored, %), ``eval_acc`` (its best eval-split
+    accuracy, %, or None when unknown), ``chance`` (%). Returns (figures, warning or None): the warning
+    when the eval accuracy (or, unknown, the training accuracy) is below ``min_acc``."""
+    labels = bank["labels"]
+    num_classes = len(bank["classes"])
+    figures = {"train_acc": 100.0 * float((bank["logits"].argmax(1) == labels).double().mean()),
+               "eval_acc": eval_acc, "chance": 100.0 / num_classes}
+    judged = eval_acc if eval_acc is not None else figures["train_acc"]
+    if judged >= min_acc:
+        return figures, None
+    where = (f"{eval_acc:.1f} % on its eval split, " if eval_acc is not None else "") + \
+        f"{figures['train_acc']:.1f} % on the training images (chance {figures['chance']:.1f} %)"
+    return figures, (f"warning: the concept model is weak ({where}, below --weak_teacher_acc {min_acc:g}); "
+                     f"concepts this weak can pull the perceptual network below one trained alone (README, "
+                     f"'A weak teacher'); --teacher_filter correct distils only where the concept model is right.")
