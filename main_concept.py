@@ -26,8 +26,9 @@ def main(argv=None):
     classes = splits["train"].classes
     focal_alpha = resolve_focal_alpha(args.focal_alpha, classes, splits["train"].targets, args.dataset)
 
-    model = ConceptNet(len(classes), pretrained, nonemotion_bn_update=args.nonemotion_bn_update)
-    meta = {"model": "ConceptNet", "classes": classes, "input_size": args.input_size, "mean": mean, "std": std,
+    model = ConceptNet(len(classes), pretrained, nonemotion_bn_update=args.nonemotion_bn_update,
+                       classifier_input=args.classifier_input)
+    meta = {"model": "ConceptNet", "classifier_input": args.classifier_input, "classes": classes, "input_size": args.input_size, "mean": mean, "std": std,
             "dataset": args.dataset, "train_fingerprint": splits["train"].fingerprint(), "focal_alpha": focal_alpha,
             "pretrained_sha256": model.weights_sha256}
     prepare_resume(args, meta)  # before anything is written

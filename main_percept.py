@@ -47,8 +47,10 @@ def main(argv=None):
         train_set, concept, bank, concept_sha, teacher = concept_regularisation(args, train_set)
     sign_matrix = vad_sign_matrix(classes).to(args.device_obj) if args.vad else None
 
-    model = PerceptNet(len(classes), pretrained, vad=args.vad, backbone=args.backbone)
-    meta = {"model": "PerceptNet+VAD" if args.vad else "PerceptNet", "backbone": args.backbone, "vad": args.vad,
+    model = PerceptNet(len(classes), pretrained, vad=args.vad, backbone=args.backbone,
+                       classifier_input=args.classifier_input)
+    meta = {"model": "PerceptNet+VAD" if args.vad else "PerceptNet", "backbone": args.backbone,
+            "classifier_input": args.classifier_input, "vad": args.vad,
             "classes": classes, "input_size": args.input_size, "mean": mean, "std": std, "dataset": args.dataset,
             "train_fingerprint": splits["train"].fingerprint(), "concept_target": mode,
             "pool_features": args.pool_features, "teacher_filter": args.teacher_filter, "concept_sha256": concept_sha,

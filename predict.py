@@ -44,7 +44,8 @@ def load_percept(path, device):
     if not meta or not str(meta.get("model", "")).startswith("PerceptNet"):
         raise UserError(f"{path} is not a stage-3 (main_percept.py) checkpoint; predict.py needs the perceptual "
                         f"network, e.g. output/percept/checkpoint-best.pth.")
-    model = PerceptNet(len(meta["classes"]), None, vad=meta.get("vad", False), backbone=meta.get("backbone", "resnet18"))
+    model = PerceptNet(len(meta["classes"]), None, vad=meta.get("vad", False), backbone=meta.get("backbone", "resnet18"),
+                       classifier_input=meta.get("classifier_input", "unit"))  # unit: checkpoints from before the flag
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), meta
 

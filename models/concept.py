@@ -1,4 +1,6 @@
 """The conceptual pathway (docs/method.md, stage 1): emotion encoder, non-emotion encoder, confidence classifier."""
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,17 +42,42 @@ class Encoder(nn.Module):
         return _unit(self.head(self.backbone(x)))
 
 
-class ConfidenceClassifier(nn.Module):
-    """h = ReLU(Linear(e)); z = Linear(h); a = sigmoid(Linear(e)); logits = a * z. Returns (logits, a)."""
+CLASSIFIER_INPUTS = ("scaled", "unit")
 
-    def __init__(self, num_classes: int, dim: int = 256, hidden: int = 128):
+
+def classifier_input_scale(mode: str, dim: int) -> float:
+    """The factor a class head applies to its unit-length input: sqrt(dim) for ``scaled`` (the default),
+    1 for ``unit`` (the published code).
+
+    A unit vector's components are about 1/sqrt(dim) = 0.06 at dim 256; fed as they are to
+    default-initialised linear layers they give logits about 10x narrower than a plain linear classifier's
+    (std 0.02 against 0.19 at initialisation), and Adam needs many steps to grow that scale: the head learns
+    several times slower than its backbone allows. Scaling the input by sqrt(dim) gives unit mean square per
+    component. It changes no function the head can represent (W(s e) = (sW) e), only where training starts
+    and how fast it moves.
+    """
+    if mode not in CLASSIFIER_INPUTS:
+        raise ValueError(f"classifier input {mode!r} is not one of {CLASSIFIER_INPUTS}")
+    return math.sqrt(dim) if mode == "scaled" else 1.0
+
+
+class ConfidenceClassifier(nn.Module):
+    """h = ReLU(Linear(s * e)); z = Linear(h); a = sigmoid(Linear(e)); logits = a * z. Returns (logits, a).
+
+    s = :func:`classifier_input_scale` (sqrt(dim), or 1 with ``input_mode="unit"``). Only the class
+    branch reads the scaled e: the confidence branch keeps unit e, since a gate that learns faster than
+    the class scores it multiplies can collapse to a = 0 and stall training (measured: a fell to 0.015).
+    """
+
+    def __init__(self, num_classes: int, dim: int = 256, hidden: int = 128, input_mode: str = "scaled"):
         super().__init__()
         self.hidden = nn.Linear(dim, hidden)
         self.out = nn.Linear(hidden, num_classes)
         self.confidence = nn.Linear(dim, 1)
+        self.input_scale = classifier_input_scale(input_mode, dim)
 
     def forward(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.out(F.relu(self.hidden(e)))
+        z = self.out(F.relu(self.hidden(e * self.input_scale)))
         a = torch.sigmoid(self.confidence(e)).squeeze(1)
         return a.unsqueeze(1) * z, a
 
@@ -67,7 +94,7 @@ class ConceptNet(nn.Module):
     BACKBONE = "vggface2_resnet50"
 
     def __init__(self, num_classes: int, pretrained: str | None = None, nonemotion_bn_update: bool = False,
-                 dim: int = 256, dropout: float = 0.4):
+                 dim: int = 256, dropout: float = 0.4, classifier_input: str = "scaled"):
         super().__init__()
         self.num_classes = num_classes
         self.nonemotion_bn_update = nonemotion_bn_update
@@ -80,7 +107,7 @@ class ConceptNet(nn.Module):
         self.emotion = Encoder(emotion_backbone, spec.width, dim, dropout, flip_bgr=spec.bgr)
         self.non_emotion = Encoder(non_emotion_backbone, spec.width, dim, dropout, flip_bgr=spec.bgr)
         self.non_emotion.backbone.requires_grad_(False)
-        self.classifier = ConfidenceClassifier(num_classes, dim)
+        self.classifier = ConfidenceClassifier(num_classes, dim, input_mode=classifier_input)
         self.train()
 
     def train(self, mode: bool = True) -> "ConceptNet":
@@ -114,7 +141,8 @@ def load_concept_checkpoint(path: str) -> dict:
 def frozen_concept(checkpoint: dict, device: torch.device) -> ConceptNet:
     """The stage-1 model of a loaded checkpoint, frozen and in eval mode (stages 2 and 3 run only
     its emotion branch)."""
-    model = ConceptNet(len(checkpoint["meta"]["classes"]), None)
+    meta = checkpoint["meta"]  # checkpoints from before --classifier_input were trained with unit inputs
+    model = ConceptNet(len(meta["classes"]), None, classifier_input=meta.get("classifier_input", "unit"))
     model.load_state_dict(checkpoint["model"])
     model.requires_grad_(False)
     return model.to(device).eval()

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from models.backbones import backbone_spec, build_backbone
-from models.concept import Encoder
+from models.concept import Encoder, classifier_input_scale
 
 
 class PerceptNet(nn.Module):
@@ -22,11 +22,14 @@ class PerceptNet(nn.Module):
     (std 0.01 against about 1 on -2..2), and Adam, which moves each weight by about lr per step, needs
     hundreds of steps just to grow that scale: the predictions stay shrunk towards the mean, and CCC,
     which penalises a too-narrow spread, stays near 0 even when they correlate with the targets. The
-    category head reads p unscaled (CRPN's classifier; softmax needs no particular scale to rank).
+    category head reads ``s * p`` with s = sqrt(dim) by default, for the same reason (it learns about as fast as
+    a plain linear classifier on the backbone), or p itself with ``classifier_input="unit"`` (the published
+    code); see :func:`models.concept.classifier_input_scale`.
     """
 
     def __init__(self, num_classes: int, pretrained: str | None = None, vad: bool = False,
-                 backbone: str = "resnet18", dim: int = 256, hidden: int = 128, dropout: float = 0.4):
+                 backbone: str = "resnet18", dim: int = 256, hidden: int = 128, dropout: float = 0.4,
+                 classifier_input: str = "scaled"):
         super().__init__()
         self.num_classes = num_classes
         self.vad = vad
@@ -39,6 +42,7 @@ class PerceptNet(nn.Module):
         self.vad_head = (nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 3))
                          if vad else None)
         self.vad_input_scale = math.sqrt(dim)
+        self.classifier_input_scale = classifier_input_scale(classifier_input, dim)
 
     def vad_from_feature(self, p: torch.Tensor) -> torch.Tensor:
         """The B x 3 VAD prediction from unit features p (B x dim): the head applied to sqrt(dim) * p."""
@@ -46,7 +50,7 @@ class PerceptNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.encoder(x)
-        out = {"p": p, "logits": self.classifier(p)}
+        out = {"p": p, "logits": self.classifier(p * self.classifier_input_scale)}
         if self.vad_head is not None:
             out["vad"] = self.vad_from_feature(p)
         return out

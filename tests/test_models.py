@@ -350,7 +350,7 @@ def test_concept_net_outputs():
     assert ((out["confidence"] > 0) & (out["confidence"] < 1)).all()
 
     head = model.classifier
-    z = head.out(F.relu(head.hidden(out["e"])))
+    z = head.out(F.relu(head.hidden(16.0 * out["e"])))  # the class branch reads sqrt(256) * e by default
     assert torch.allclose(out["logits"], out["confidence"][:, None] * z, atol=1e-6)
     assert torch.allclose(out["confidence"], torch.sigmoid(head.confidence(out["e"])).squeeze(1))
 
@@ -359,6 +359,39 @@ def test_confidence_classifier_alone():
     head = ConfidenceClassifier(5)
     logits, a = head(F.normalize(torch.randn(3, 256), dim=1))
     assert logits.shape == (3, 5) and a.shape == (3,)
+
+
+def test_scaled_classifier_input_is_a_reparametrisation_of_the_published_head():
+    """--classifier_input scaled computes the published head's function with hidden weights x16: same
+    function family, only the starting point and the pace of training differ. 'unit' is the published head."""
+    torch.manual_seed(0)
+    e = F.normalize(torch.randn(6, 256), dim=1)
+    scaled, unit = ConfidenceClassifier(7), ConfidenceClassifier(7, input_mode="unit")
+    unit.load_state_dict(scaled.state_dict())
+    with torch.no_grad():
+        z_unit = unit.out(F.relu(unit.hidden(e)))
+        assert torch.allclose(unit(e)[0], unit(e)[1][:, None] * z_unit, atol=1e-7)
+        unit.hidden.weight.mul_(16.0)
+        for got, want in zip(scaled(e), unit(e)):
+            assert torch.allclose(got, want, atol=1e-5)
+    p_net, u_net = PerceptNet(7).eval(), PerceptNet(7, classifier_input="unit").eval()
+    u_net.load_state_dict(p_net.state_dict())
+    with torch.no_grad():
+        u_net.classifier[0].weight.mul_(16.0)
+        x = _images(batch=2)
+        assert torch.allclose(p_net(x)["logits"], u_net(x)["logits"], atol=1e-5)
+    with pytest.raises(ValueError):
+        ConfidenceClassifier(7, input_mode="double")
+
+
+def test_frozen_concept_reads_the_classifier_input_of_its_checkpoint():
+    from models.concept import frozen_concept
+
+    model = ConceptNet(3, classifier_input="unit")
+    meta = {"model": "ConceptNet", "classes": ["a", "b", "c"]}  # a checkpoint from before the flag
+    assert frozen_concept({"model": model.state_dict(), "meta": meta}, torch.device("cpu")).classifier.input_scale == 1
+    meta["classifier_input"] = "scaled"
+    assert frozen_concept({"model": model.state_dict(), "meta": meta}, torch.device("cpu")).classifier.input_scale == 16
 
 
 def test_concept_net_gradients_and_frozen_backbone():

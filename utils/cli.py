@@ -56,6 +56,10 @@ def common_parser(description, output_dir, epochs, lr_schedule=True):
     run.add_argument("--dist_url", default="env://")
     run.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16, or fp16 with GradScaler)")
     run.add_argument("--channels_last", action="store_true", help="channels_last memory format (faster on recent GPUs)")
+    if epochs is not None:  # the training stages
+        run.add_argument("--classifier_input", default="scaled", choices=("scaled", "unit"),
+                         help="scaled: the class head reads sqrt(256) x the unit feature (learns as fast as a linear "
+                              "classifier); unit: the unit feature itself, as the published code (learns ~10x slower)")
     return parser
 
 

@@ -367,7 +367,7 @@ def plain_args(args) -> dict:
     return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None), list))}
 
 
-def check_meta(checkpoint: dict, meta: dict, path: str, keys=("model", "backbone", "classes", "input_size")) -> None:
+def check_meta(checkpoint: dict, meta: dict, path: str, keys=("model", "backbone", "classifier_input", "classes", "input_size")) -> None:
     """Refuse a checkpoint written for another model, class list or input size."""
     saved = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
     if not saved:
