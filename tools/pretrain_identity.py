@@ -1,0 +1,486 @@
+"""Synthetic stand-ins for the two face-IDENTITY backbones: the same architectures, trained to tell apart
+the people of the synthetic face generator, written in exactly the formats of the real weight files.
+
+CRPN starts both pathways from face-identity networks (a VGGFace2 ResNet-50 and an MS-Celeb-1M ResNet-18,
+pretrained/README.md). Neither can be downloaded here, so the demo trains its own on synthetic faces
+(tools/make_synthetic_faces.py): ``--identities`` people, each drawn ``--images_per_identity`` times with
+every expression class, the whole intensity range and the generator's per-image nuisance (pose, lighting,
+background, blur, noise, hats, clothes). One image in five of every person is held out to measure
+identity accuracy (top-1; chance is 1 / identities). The files are NOT face-recognition weights of real
+people and must never be used as such; their names start with ``synthetic-identity_`` for that reason.
+
+Output (``--out``, default ``output/pretrained_synthetic``; not ``pretrained/``, which holds users' real files)::
+
+    OUT/synthetic-identity_resnet50_ft_weight.pkl   pickle (protocol 2) of {torchvision name: numpy array},
+                                                    fc of --identities outputs; format of resnet50_ft_weight.pkl
+                                                    (main_concept.py --pretrained PATH); trained on BGR input
+    OUT/synthetic-identity_resnet18_msceleb.pth     torch.save({"state_dict": ..., plain metadata}), fc of
+                                                    --identities outputs; format of resnet18_msceleb.pth
+                                                    (main_percept.py --pretrained PATH); RGB input
+    OUT/identity_pretrain.json                      settings, cache key, held-out identity accuracy, train
+                                                    time and sha256 of each file (per architecture)
+
+Recipe: cross-entropy on identity (label smoothing 0.1), AdamW with a linear warm-up and a per-step cosine
+decay, residual blocks initialised as the identity (last BatchNorm weight 0), random crop + flip as
+dataset_concept.build_transform, normalisation statistics of the rendered training images. The ResNet-50 is
+fed BGR (the channels of the RGB tensor reversed, exactly as models.concept.Encoder does), so the file means
+what a real VGGFace2 file means. The defaults take about 4 minutes on 2 idle CPU cores (ResNet-50 about
+2.5, ResNet-18 about 1) and reach about 70-80% held-out identity accuracy over 100 people (chance 1%).
+
+Every image has its own random stream keyed by (seed, identity, image), and training is seeded, so a seed
+gives the same files (for the same number of torch threads). A rerun with the same settings reuses files
+whose sha256 matches the JSON (and says so, in well under a second: no torch import); ``--force`` retrains.
+All files are written atomically.
+
+Usage: ``python tools/pretrain_identity.py [--out output/pretrained_synthetic] [--arch both] [--force]``
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+
+if __package__ in (None, ""):  # run as `python tools/pretrain_identity.py`: make `utils` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.errors import UserError, run_main  # noqa: E402  (light: the cache check imports no torch)
+
+# Bump when anything that changes the trained weights for the same flags changes (data, model, training).
+RECIPE_VERSION = 1
+ARCHS = ("resnet50", "resnet18")
+FILES = {"resnet50": "synthetic-identity_resnet50_ft_weight.pkl",
+         "resnet18": "synthetic-identity_resnet18_msceleb.pth"}
+REPORT = "identity_pretrain.json"
+DEFAULT_OUT = os.path.join("output", "pretrained_synthetic")
+HOLDOUT_EVERY = 5  # image j of a person is held out when j % 5 == 4
+ARCH_CODES = {"resnet50": 50, "resnet18": 18}  # mixed into the seeds, so each network's run stands alone
+IDENTITY_STREAM = 7001  # tags of the random streams that draw the people and their images; make_synthetic_faces
+IMAGE_STREAM = 7002     # uses other streams, so the demo's people are not among these
+LABEL_SMOOTHING = 0.1
+WARMUP_FRACTION = 0.05  # of all steps, linear warm-up before the cosine decay
+ZERO_INIT_RESIDUAL = True  # last BN of every residual block starts at 0 (ResNet-50: 6.8% -> 33% after 3 epochs)
+
+
+# --------------------------------------------------------------------------- settings and cache
+def settings_for(args, arch):
+    """Everything that decides ``arch``'s weights (the cache key is their hash)."""
+    return {"recipe_version": RECIPE_VERSION, "arch": arch, "seed": args.seed, "identities": args.identities,
+            "images_per_identity": args.images_per_identity, "size": args.size, "input_size": args.input_size,
+            "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "optimizer": args.optimizer,
+            "weight_decay": args.weight_decay, "label_smoothing": LABEL_SMOOTHING,
+            "holdout_every": HOLDOUT_EVERY}
+
+
+def cache_key(settings):
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _sha256_file(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_report(out):
+    """The JSON of an earlier run in ``out`` ({} when absent or unreadable)."""
+    path = os.path.join(out, REPORT)
+    try:
+        with open(path) as handle:
+            report = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return report if isinstance(report, dict) and isinstance(report.get("archs"), dict) else {}
+
+
+def reusable(report, out, arch, key):
+    """Whether ``out`` holds ``arch``'s file made with the settings of ``key``, unchanged since."""
+    entry = report.get("archs", {}).get(arch)
+    path = os.path.join(out, FILES[arch])
+    if not isinstance(entry, dict) or entry.get("key") != key or not os.path.isfile(path):
+        return False
+    return entry.get("sha256") == _sha256_file(path)
+
+
+# --------------------------------------------------------------------------- data
+def plan(seed, identities, images_per_identity):
+    """(identity, image, class index, intensity stratum, strata, held out) for every image.
+
+    Person i's image j shows class (i + j) mod 7, so every person shows every class once it has 7 or more
+    images, and classes are balanced over people. The images of one class of a person split the
+    intensity range [0.15, 1] into equal strata, one image per stratum (the value inside is random).
+    """
+    from utils.labels import CLASSES_7
+
+    rows = []
+    strata = math.ceil(images_per_identity / len(CLASSES_7))
+    for i in range(identities):
+        for j in range(images_per_identity):
+            rows.append((i, j, (i + j) % len(CLASSES_7), j // len(CLASSES_7), strata,
+                         j % HOLDOUT_EVERY == HOLDOUT_EVERY - 1))
+    return rows
+
+
+def _render_person(job):
+    """Images of one person (uint8 HxWx3), each from its own stream keyed by (seed, identity, image)."""
+    import numpy as np
+
+    from tools.make_synthetic_faces import render_face, sample_identity
+
+    seed, identity, rows, size = job
+    person = sample_identity(np.random.default_rng([seed, IDENTITY_STREAM, identity]))
+    images = []
+    for _, j, label, stratum, strata, _ in rows:
+        rng = np.random.default_rng([seed, IMAGE_STREAM, identity, j])
+        intensity = 0.15 + 0.85 * (stratum + rng.random()) / strata
+        images.append(render_face(label, intensity, person, rng, size=size))
+    return images
+
+
+def render_identities(seed, identities, images_per_identity, size, workers=1):
+    """(images uint8 N x size x size x 3, identity labels, expression labels, held-out mask), numpy."""
+    import numpy as np
+
+    rows = plan(seed, identities, images_per_identity)
+    jobs = [(seed, i, rows[i * images_per_identity:(i + 1) * images_per_identity], size) for i in range(identities)]
+    if workers > 1 and sys.platform.startswith("linux"):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            per_person = list(pool.map(_render_person, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+    else:
+        per_person = [_render_person(job) for job in jobs]
+    images = np.stack([image for person in per_person for image in person])
+    identity = np.array([r[0] for r in rows], np.int64)
+    expression = np.array([r[2] for r in rows], np.int64)
+    held_out = np.array([r[5] for r in rows], bool)
+    return images, identity, expression, held_out
+
+
+def image_norm_stats(images):
+    """(mean, std) per channel, as dataset_concept.compute_norm_stats defines them: the average over images
+    of the per-image channel means and population standard deviations of the [0, 1] image."""
+    import numpy as np
+
+    x = images.astype(np.float64) / 255.0
+    mean = x.mean(axis=(1, 2)).mean(0)
+    std = x.std(axis=(1, 2)).mean(0)
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def _array_dataset():
+    from PIL import Image
+    from torch.utils.data import Dataset
+
+    class ArrayFaces(Dataset):
+        """In-memory uint8 images -> {"image", "label", "index"} through a torchvision transform."""
+
+        def __init__(self, images, labels, transform):
+            self.images, self.labels, self.transform = images, labels, transform
+
+        def __len__(self):
+            return len(self.images)
+
+        def __getitem__(self, index):
+            image = self.transform(Image.fromarray(self.images[index]))
+            return {"image": image, "label": int(self.labels[index]), "index": index}
+
+    return ArrayFaces
+
+
+# --------------------------------------------------------------------------- models and training
+def build_model(arch, identities):
+    from torch import nn
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    from models.backbones import msceleb_resnet18, vggface2_resnet50
+
+    if arch == "resnet50":
+        model = vggface2_resnet50(num_classes=identities)
+    else:
+        model = msceleb_resnet18()
+        model.fc = nn.Linear(model.fc.in_features, identities)
+    if ZERO_INIT_RESIDUAL:  # torchvision's zero_init_residual: every residual block starts as the identity
+        for module in model.modules():
+            if isinstance(module, Bottleneck):
+                nn.init.zeros_(module.bn3.weight)
+            elif isinstance(module, BasicBlock):
+                nn.init.zeros_(module.bn2.weight)
+    return model
+
+
+def _prepare(arch, images):
+    """The network's input convention: the VGGFace2 ResNet-50 is fed BGR (exactly as models.concept.Encoder
+    flips the RGB pipeline on entry), the MS-Celeb ResNet-18 RGB."""
+    return images.flip(1) if arch == "resnet50" else images
+
+
+def _evaluate(model, arch, loader):
+    import torch
+
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for batch in loader:
+            logits = model(_prepare(arch, batch["image"]))
+            correct += int((logits.argmax(1) == batch["label"]).sum())
+            total += len(batch["label"])
+    return correct / max(1, total)
+
+
+def _load_average():
+    """The 1-minute load average (how busy the machine was: timings on a shared machine are slower), or None."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def train_arch(arch, args, data, norm):
+    """Train ``arch`` on identity; returns (model, record) with the per-epoch log and the final accuracy."""
+    import torch
+    import torch.nn.functional as F
+
+    from dataset_concept import build_transform, make_loader
+    from utils.log import progress
+
+    images, identity, _, held_out = data
+    mean, std = norm
+    ArrayFaces = _array_dataset()
+    train_set = ArrayFaces(images[~held_out], identity[~held_out], build_transform(True, args.input_size, mean, std))
+    eval_set = ArrayFaces(images[held_out], identity[held_out], build_transform(False, args.input_size, mean, std))
+
+    torch.manual_seed(args.seed * 1000 + ARCH_CODES[arch])
+    generator = torch.Generator().manual_seed(args.seed * 1000 + ARCH_CODES[arch] + 1)
+    batch_size = min(args.batch_size, len(train_set))
+    train_loader = make_loader(train_set, batch_size, shuffle=True, drop_last=True, num_workers=0,
+                               generator=generator)
+    eval_loader = make_loader(eval_set, 256, num_workers=0, generator=torch.Generator())
+    model = build_model(arch, args.identities)
+    if args.optimizer == "adam":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
+                                    weight_decay=args.weight_decay)
+    steps = args.epochs * len(train_loader)
+    warmup = max(1, int(WARMUP_FRACTION * steps))
+
+    def factor(step):  # linear warm-up, then cosine to 0, per step
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    log = []
+    load_before = _load_average()
+    start = time.perf_counter()
+    cpu_start = time.process_time()
+    for epoch in range(args.epochs):
+        model.train()
+        tic = time.perf_counter()
+        loss_sum = correct = seen = 0
+        for batch in progress(train_loader, f"{arch} epoch {epoch + 1}/{args.epochs}"):
+            x, y = _prepare(arch, batch["image"]), batch["label"]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        train_seconds = time.perf_counter() - tic
+        accuracy = _evaluate(model, arch, eval_loader)
+        record = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
+                  "heldout_identity_acc": accuracy, "images_per_s": seen / max(1e-9, train_seconds),
+                  "seconds": time.perf_counter() - tic}
+        log.append(record)
+        print(f"{arch} epoch {epoch + 1}/{args.epochs} | loss {record['loss']:.4f} | train_acc "
+              f"{100 * record['train_acc']:.1f}% | heldout_identity_acc {100 * accuracy:.1f}% | "
+              f"{record['images_per_s']:.0f} img/s | {record['seconds']:.0f} s", flush=True)
+    result = {"heldout_identity_top1": log[-1]["heldout_identity_acc"] if log else 0.0,
+              "chance": 1.0 / args.identities, "train_images": len(train_set), "heldout_images": len(eval_set),
+              "train_seconds": round(time.perf_counter() - start, 2),
+              "train_cpu_seconds": round(time.process_time() - cpu_start, 2),
+              "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+              "load_average_before": load_before, "load_average_after": _load_average(), "epochs_log": log}
+    return model.eval(), result
+
+
+# --------------------------------------------------------------------------- writing
+def resnet50_pickle(model):
+    """The bytes of resnet50_ft_weight.pkl's format: what Python 2 + numpy 1.x wrote with protocol 2.
+
+    A dict {torchvision name: numpy array} holding, like the real (Caffe-converted) file, the parameters
+    and the BatchNorm running statistics, ``fc`` included, and no ``num_batches_tracked`` counters. Keys
+    and array data are Python-2 ``str`` (BINSTRING), numpy globals carry their numpy 1.x names
+    (``numpy.core.multiarray``), so the file reads like the original: ``pickle.load(f, encoding="latin1")``.
+    """
+    import io
+    import pickle
+    import struct
+
+    class Python2Pickler(pickle._Pickler):  # the pure-Python pickler, whose opcodes can be chosen
+        dispatch = pickle._Pickler.dispatch.copy()
+
+        def save_py2_str(self, obj):
+            if len(obj) < 256:
+                self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+            else:
+                self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+            self.memoize(obj)
+
+        dispatch[bytes] = save_py2_str
+
+        def save_global(self, obj, name=None):
+            module = getattr(obj, "__module__", None) or pickle.whichmodule(obj, name)
+            name = name or obj.__qualname__
+            if module.startswith("numpy._core"):  # numpy >= 2 spells numpy 1.x's numpy.core this way
+                module = "numpy.core" + module[len("numpy._core"):]
+            self.write(pickle.GLOBAL + module.encode("ascii") + b"\n" + name.encode("ascii") + b"\n")
+            self.memoize(obj)
+
+    arrays = {name.encode("ascii"): tensor.detach().cpu().numpy().copy()
+              for name, tensor in model.state_dict().items() if not name.endswith("num_batches_tracked")}
+    buffer = io.BytesIO()
+    Python2Pickler(buffer, protocol=2).dump(arrays)
+    return buffer.getvalue()
+
+
+def resnet18_checkpoint(model, metadata):
+    """The bytes of resnet18_msceleb.pth's format: torch.save({"state_dict": ..., plain metadata})."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+    torch.save({"state_dict": state, **metadata}, buffer)
+    return buffer.getvalue()
+
+
+def check_writable(out):
+    """Create ``out`` if needed and prove a file can be written there; a UserError otherwise."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write-test-{os.getpid()}.tmp")
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise UserError(f"cannot write to --out {out} ({exc.strerror or exc}); pass a folder you can write to.") \
+            from None
+
+
+# --------------------------------------------------------------------------- command line
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (not pretrained/: that is for real files)")
+    parser.add_argument("--arch", default="both", choices=(*ARCHS, "both"), help="which network(s) to train")
+    parser.add_argument("--identities", type=int, default=100, help="number of synthetic people (fc outputs)")
+    parser.add_argument("--images_per_identity", type=int, default=30,
+                        help="images per person (every 5th held out for the identity accuracy)")
+    parser.add_argument("--size", type=int, default=48, help="rendered image side in pixels")
+    parser.add_argument("--input_size", type=int, default=40, help="crop size (resize is input_size*256/224)")
+    parser.add_argument("--epochs", type=int, default=4, help="training epochs of each network")
+    parser.add_argument("--lr", type=float, default=4e-3, help="peak learning rate (cosine schedule)")
+    parser.add_argument("--batch_size", type=int, default=64, help="training batch size")
+    parser.add_argument("--optimizer", default="adam", choices=("adam", "sgd"), help="AdamW or SGD with momentum")
+    parser.add_argument("--weight_decay", type=float, default=5e-4, help="AdamW (decoupled) or SGD weight decay")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="processes that render the faces (does not change the result)")
+    parser.add_argument("--force", action="store_true", help="retrain even when matching files exist")
+    return parser.parse_args(argv)
+
+
+def check_args(args):
+    if args.identities < 2:
+        raise UserError(f"--identities {args.identities} must be at least 2.")
+    if args.images_per_identity < HOLDOUT_EVERY:
+        raise UserError(f"--images_per_identity {args.images_per_identity} must be at least {HOLDOUT_EVERY} "
+                        f"(one image in {HOLDOUT_EVERY} of every person is held out).")
+    if args.size < 32:
+        raise UserError(f"--size {args.size} is too small to draw a face; use 32 or more.")
+    if not 16 <= args.input_size <= args.size:
+        raise UserError(f"--input_size {args.input_size} must be between 16 and --size {args.size}.")
+    for name in ("epochs", "batch_size", "workers"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UserError(f"--lr must be a positive number, got {args.lr}.")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise UserError(f"--weight_decay cannot be negative, got {args.weight_decay}.")
+
+
+def pretrain(args):
+    """Train (or reuse) the requested networks; returns the report dict written to OUT/identity_pretrain.json."""
+    check_args(args)
+    out = args.out
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file, not a folder; pass a folder.")
+    archs = ARCHS if args.arch == "both" else (args.arch,)
+    report = read_report(out)
+    keys = {arch: cache_key(settings_for(args, arch)) for arch in archs}
+    todo = [arch for arch in archs if args.force or not reusable(report, out, arch, keys[arch])]
+    for arch in archs:
+        if arch not in todo:
+            entry = report["archs"][arch]
+            accuracy = 100 * entry.get("heldout_identity_top1", float("nan"))
+            print(f"reusing {os.path.join(out, FILES[arch])} (same settings, key {keys[arch]}, sha256 "
+                  f"{entry['sha256'][:12]}...; held-out identity accuracy {accuracy:.1f}%); --force retrains",
+                  flush=True)
+    if not todo:
+        return report
+    check_writable(out)
+
+    from utils.checkpoint import atomic_write_bytes, remove_stale_temporaries, write_json
+
+    remove_stale_temporaries(out)
+    tic = time.perf_counter()
+    data = render_identities(args.seed, args.identities, args.images_per_identity, args.size, args.workers)
+    images, _, _, held_out = data
+    norm = image_norm_stats(images[~held_out])
+    print(f"rendered {len(images)} faces of {args.identities} synthetic people at {args.size} px "
+          f"({int((~held_out).sum())} train, {int(held_out.sum())} held out) in {time.perf_counter() - tic:.1f} s",
+          flush=True)
+
+    report = {"what": "synthetic stand-ins for the face-identity backbones, trained by tools/pretrain_identity.py "
+                      "on procedurally drawn faces (no real people); not VGGFace2 or MS-Celeb-1M weights",
+              "recipe_version": RECIPE_VERSION, "archs": dict(report.get("archs", {}))}
+    for arch in todo:
+        settings = settings_for(args, arch)
+        print(f"training {arch} on identity ({args.identities} people, {args.epochs} epochs, "
+              f"{args.optimizer} lr {args.lr:g}, batch {args.batch_size}, {args.input_size} px)", flush=True)
+        model, result = train_arch(arch, args, data, norm)
+        metadata = {"arch": arch, "num_classes": args.identities, "input": "BGR" if arch == "resnet50" else "RGB",
+                    "norm_mean_rgb": norm[0], "norm_std_rgb": norm[1], "settings": settings, "key": keys[arch],
+                    "heldout_identity_top1": result["heldout_identity_top1"],
+                    "what": "synthetic-identity stand-in (tools/pretrain_identity.py), not real MS-Celeb-1M weights"}
+        blob = resnet50_pickle(model) if arch == "resnet50" else resnet18_checkpoint(model, metadata)
+        path = os.path.join(out, FILES[arch])
+        atomic_write_bytes(path, blob)
+        entry = {"file": FILES[arch], "key": keys[arch], "settings": settings,
+                 "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
+                 "input_channels": metadata["input"], "norm_mean_rgb": norm[0], "norm_std_rgb": norm[1], **result}
+        report["archs"][arch] = entry
+        write_json(os.path.join(out, REPORT), report)  # after each network: a kill keeps what is done
+        print(f"{arch}: held-out identity accuracy {100 * result['heldout_identity_top1']:.1f}% "
+              f"(chance {100 / args.identities:.1f}%), trained in {result['train_seconds']:.0f} s; wrote {path}",
+              flush=True)
+    return report
+
+
+@run_main
+def main(argv=None):
+    pretrain(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
