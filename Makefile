@@ -17,6 +17,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 	touch $(STAMP)
 
 test: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q tests
 
 demo: env

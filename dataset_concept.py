@@ -15,6 +15,7 @@ Formats (``--dataset``):
 Every dataset yields dicts ``{"image", "label", "index"}`` (plus ``"vad"`` when asked for), has
 ``classes`` (sorted names; labels index into them), ``targets`` and ``relpath(i)``.
 """
+
 import hashlib
 import json
 import os
@@ -28,8 +29,8 @@ from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from utils import distributed as du
-from utils.errors import UserError
 from utils.cli import DEFAULT_EVAL_PATH
+from utils.errors import UserError
 from utils.labels import CLASSES_7, CLASSES_8, DATASETS, FER2013_CODES, RAFDB_CODES, VAD_COLUMNS, code_to_label
 
 RAFDB_LIST = os.path.join("EmoLabel", "list_patition_label.txt")
@@ -45,10 +46,14 @@ def resize_size(input_size: int) -> int:
 
 def build_transform(is_train: bool, input_size: int, mean: list, std: list) -> transforms.Compose:
     """The method's transforms (docs/method.md): Resize(256) -> RandomCrop(224) -> flip, or Resize -> CenterCrop."""
-    crop = [transforms.RandomCrop(input_size), transforms.RandomHorizontalFlip()] if is_train \
+    crop = (
+        [transforms.RandomCrop(input_size), transforms.RandomHorizontalFlip()]
+        if is_train
         else [transforms.CenterCrop(input_size)]
-    return transforms.Compose([transforms.Resize(resize_size(input_size)), *crop, transforms.ToTensor(),
-                               transforms.Normalize(mean, std)])
+    )
+    return transforms.Compose(
+        [transforms.Resize(resize_size(input_size)), *crop, transforms.ToTensor(), transforms.Normalize(mean, std)]
+    )
 
 
 # --------------------------------------------------------------------------- datasets
@@ -87,8 +92,10 @@ class FaceDataset(Dataset):
             image.load()
             return image.convert("RGB")
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-            raise UserError(f"cannot read image {self.describe(index)} ({exc}); fix or remove it, or pass "
-                            f"--skip_bad_images to skip unreadable images.") from None
+            raise UserError(
+                f"cannot read image {self.describe(index)} ({exc}); fix or remove it, or pass "
+                f"--skip_bad_images to skip unreadable images."
+            ) from None
 
     def __getitem__(self, index):
         try:
@@ -137,18 +144,24 @@ class FolderFaces(FaceDataset):
 
     def __init__(self, root, transform=None, skip_bad_images=False):
         if not os.path.isdir(root):
-            raise UserError(f"data folder {root} does not exist; put the class folders there or pass "
-                            f"--data_path (see README, 'Data').")
+            raise UserError(
+                f"data folder {root} does not exist; put the class folders there or pass "
+                f"--data_path (see README, 'Data')."
+            )
         try:
             classes, class_to_idx = find_classes(root)
         except FileNotFoundError:
-            raise UserError(f"{root} holds no class folder; put the images in {os.path.join(root, '<class>')}/ "
-                            f"(see README, 'Data').") from None
+            raise UserError(
+                f"{root} holds no class folder; put the images in {os.path.join(root, '<class>')}/ "
+                f"(see README, 'Data')."
+            ) from None
         found = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
         empty = sorted(set(classes) - {classes[label] for _, label in found})
         if empty:
-            raise UserError(f"class folder {', '.join(os.path.join(root, c) for c in empty)} holds no image "
-                            f"({' '.join(IMG_EXTENSIONS)}); add images or remove the folder.")
+            raise UserError(
+                f"class folder {', '.join(os.path.join(root, c) for c in empty)} holds no image "
+                f"({' '.join(IMG_EXTENSIONS)}); add images or remove the folder."
+            )
         if self.expected_classes is not None and classes not in self.expected_classes:
             options = " or ".join(str(c) for c in self.expected_classes)
             raise UserError(f"{root} has class folders {classes}, but --dataset {self.name} expects {options}.")
@@ -166,8 +179,11 @@ class AffectNetFaces(FolderFaces):
     expected_classes = (CLASSES_8, CLASSES_7)
 
 
-def read_rafdb_list(root, fix="--dataset rafdb expects the RAF-DB basic folder (EmoLabel/ and Image/aligned/), "
-                                "or convert it with tools/prepare_rafdb.py"):
+def read_rafdb_list(
+    root,
+    fix="--dataset rafdb expects the RAF-DB basic folder (EmoLabel/ and Image/aligned/), "
+    "or convert it with tools/prepare_rafdb.py",
+):
     """The entries of RAF-DB's list file: [(split, image path relative to ``root``, label index)].
 
     ``split`` is ``train`` or ``test`` (from the ``train_``/``test_`` name prefix), the path is
@@ -186,13 +202,16 @@ def read_rafdb_list(root, fix="--dataset rafdb expects the RAF-DB basic folder (
             if not parts:
                 continue
             if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) not in to_label:
-                raise UserError(f"{list_file} line {lineno} is not '<name>.jpg <label 1..7>': {line.strip()!r}; "
-                                f"fix that line.")
+                raise UserError(
+                    f"{list_file} line {lineno} is not '<name>.jpg <label 1..7>': {line.strip()!r}; fix that line."
+                )
             name, code = parts
             split = next((s for s in ("train", "test") if name.startswith(s + "_")), None)
             if split is None:
-                raise UserError(f"{list_file} line {lineno} names {name!r}, which starts with neither 'train_' nor "
-                                f"'test_'; fix that line.")
+                raise UserError(
+                    f"{list_file} line {lineno} names {name!r}, which starts with neither 'train_' nor "
+                    f"'test_'; fix that line."
+                )
             stem, ext = os.path.splitext(name)
             entries.append((split, os.path.join(RAFDB_IMAGES, f"{stem}_aligned{ext}"), to_label[int(code)]))
     if not entries:
@@ -218,8 +237,10 @@ class Fer2013Csv(FaceDataset):
 
     def __init__(self, csv_path, split, transform=None, skip_bad_images=False, vad=False, skip_missing_vad=False):
         if not os.path.isfile(csv_path):
-            raise UserError(f"FER2013 CSV {csv_path} not found; pass the file with --data_path "
-                            f"(and --eval_data_path / --test_data_path).")
+            raise UserError(
+                f"FER2013 CSV {csv_path} not found; pass the file with --data_path "
+                f"(and --eval_data_path / --test_data_path)."
+            )
         try:
             frame = pd.read_csv(csv_path)
         except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
@@ -228,23 +249,28 @@ class Fer2013Csv(FaceDataset):
         if vad:
             missing += [c for c in VAD_COLUMNS if c not in frame.columns]
         if missing:
-            raise UserError(f"{csv_path} lacks the column(s) {', '.join(missing)}; a FER2013 CSV has "
-                            f"emotion, pixels[, Usage]{', Valence, Arousal, Dominance' if vad else ''}.")
+            raise UserError(
+                f"{csv_path} lacks the column(s) {', '.join(missing)}; a FER2013 CSV has "
+                f"emotion, pixels[, Usage]{', Valence, Arousal, Dominance' if vad else ''}."
+            )
         frame["row"] = np.arange(len(frame)) + 2  # the line number a user sees in an editor
         if "Usage" in frame.columns:
             frame = frame[frame["Usage"] == FER2013_USAGE[split]]
         bad = frame[~frame["emotion"].isin(list(FER2013_CODES))]
         if len(bad):
-            raise UserError(f"{csv_path} line {bad['row'].iloc[0]} has emotion {bad['emotion'].iloc[0]!r}; "
-                            f"FER2013 labels are 0..6.")
+            raise UserError(
+                f"{csv_path} line {bad['row'].iloc[0]} has emotion {bad['emotion'].iloc[0]!r}; FER2013 labels are 0..6."
+            )
         self.skipped_rows = 0
         if vad:
             values = frame[list(VAD_COLUMNS)].apply(pd.to_numeric, errors="coerce")
             holes = values.isna().any(axis=1)
             if holes.any():
                 if not skip_missing_vad:
-                    raise UserError(f"{csv_path} line {frame['row'][holes].iloc[0]} has no valid Valence/Arousal/"
-                                    f"Dominance; fill it in or pass --skip_missing_vad to drop such rows.")
+                    raise UserError(
+                        f"{csv_path} line {frame['row'][holes].iloc[0]} has no valid Valence/Arousal/"
+                        f"Dominance; fill it in or pass --skip_missing_vad to drop such rows."
+                    )
                 self.skipped_rows = int(holes.sum())
                 frame, values = frame[~holes], values[~holes]
         self.csv_path = csv_path
@@ -277,8 +303,12 @@ class ImageFiles(FaceDataset):
         paths = []
         for item in inputs:
             if os.path.isdir(item):
-                found = sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files
-                               if f.lower().endswith(IMG_EXTENSIONS))
+                found = sorted(
+                    os.path.join(d, f)
+                    for d, _, files in os.walk(item)
+                    for f in files
+                    if f.lower().endswith(IMG_EXTENSIONS)
+                )
                 paths.extend(found)
             elif os.path.isfile(item):
                 paths.append(item)
@@ -289,8 +319,15 @@ class ImageFiles(FaceDataset):
         super().__init__("", [], [(p, -1) for p in paths], transform, skip_bad_images)
 
 
-def build_dataset(kind: str, path: str, split: str, transform=None, skip_bad_images: bool = False, vad: bool = False,
-                  skip_missing_vad: bool = False) -> FaceDataset:
+def build_dataset(
+    kind: str,
+    path: str,
+    split: str,
+    transform=None,
+    skip_bad_images: bool = False,
+    vad: bool = False,
+    skip_missing_vad: bool = False,
+) -> FaceDataset:
     """The dataset of one split (``train``, ``eval`` or ``test``) in the format ``kind``."""
     if vad and kind != "fer2013":
         raise UserError("--vad needs VAD labels, which only the FER2013-format CSV carries; pass --dataset fer2013.")
@@ -306,8 +343,10 @@ def build_dataset(kind: str, path: str, split: str, transform=None, skip_bad_ima
 
 def check_same_classes(train_set, other_set, what):
     if other_set.classes != train_set.classes:
-        raise UserError(f"the {what} split has classes {other_set.classes} but the training split has "
-                        f"{train_set.classes}; both need the same class folders.")
+        raise UserError(
+            f"the {what} split has classes {other_set.classes} but the training split has "
+            f"{train_set.classes}; both need the same class folders."
+        )
 
 
 # --------------------------------------------------------------------------- loading
@@ -322,8 +361,18 @@ def collate_skip_none(batch: list) -> dict:
     return out
 
 
-def make_loader(dataset, batch_size, sampler=None, shuffle=False, drop_last=False, num_workers=4,
-                device=None, persistent_workers=False, generator=None, collate_fn=collate_skip_none):
+def make_loader(
+    dataset,
+    batch_size,
+    sampler=None,
+    shuffle=False,
+    drop_last=False,
+    num_workers=4,
+    device=None,
+    persistent_workers=False,
+    generator=None,
+    collate_fn=collate_skip_none,
+):
     """A DataLoader with the repository's conventions (pinned memory on CUDA, prefetch, collate).
 
     A loader without its own ``generator`` draws its workers' seeds from the global torch RNG,
@@ -334,9 +383,18 @@ def make_loader(dataset, batch_size, sampler=None, shuffle=False, drop_last=Fals
     kwargs = {}
     if num_workers > 0:
         kwargs = {"persistent_workers": persistent_workers, "prefetch_factor": 4}
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle if sampler is None else False,
-                      drop_last=drop_last, num_workers=num_workers, pin_memory=pin, collate_fn=collate_fn,
-                      generator=generator, **kwargs)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=shuffle if sampler is None else False,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=pin,
+        collate_fn=collate_fn,
+        generator=generator,
+        **kwargs,
+    )
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -367,8 +425,13 @@ def compute_norm_stats(dataset: FaceDataset, batch_size: int = 256, num_workers:
     Images are read in batches by a DataLoader, sharded over ranks and summed exactly.
     """
     stats = _ImageStats(dataset)
-    loader = DataLoader(stats, batch_size=batch_size, sampler=du.ShardSampler(len(stats)), num_workers=num_workers,
-                        generator=torch.Generator())
+    loader = DataLoader(
+        stats,
+        batch_size=batch_size,
+        sampler=du.ShardSampler(len(stats)),
+        num_workers=num_workers,
+        generator=torch.Generator(),
+    )
     total = torch.zeros(7, dtype=torch.float64)
     for rows in loader:
         total += rows.sum(0)
@@ -391,6 +454,7 @@ def norm_stats(dataset: FaceDataset, cache_dir: str | None = None, num_workers: 
     mean, std = compute_norm_stats(dataset, num_workers=num_workers)
     if cache and du.is_main_process():
         from utils.checkpoint import write_json  # local import: checkpoint imports nothing from here
+
         os.makedirs(cache_dir, exist_ok=True)
         write_json(cache, {"root": os.path.abspath(dataset.root), "images": len(dataset), "mean": mean, "std": std})
     return mean, std
@@ -431,17 +495,33 @@ def train_loader(dataset, args, collate_fn=collate_skip_none) -> tuple[DataLoade
     """Shuffled, sharded over ranks (DistributedSampler, also on one process), full batches only."""
     world, rank = du.get_world_size(), du.get_rank()
     if len(dataset) // world < args.batch_size:
-        raise UserError(f"the training split has {len(dataset)} images, fewer than one batch of {args.batch_size} "
-                        f"per process on {world} process(es); lower --batch_size.")
-    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
-                                                  seed=args.seed, drop_last=True)
-    loader = make_loader(dataset, args.batch_size, sampler, drop_last=True, num_workers=args.num_workers,
-                         device=args.device_obj, collate_fn=collate_fn)
+        raise UserError(
+            f"the training split has {len(dataset)} images, fewer than one batch of {args.batch_size} "
+            f"per process on {world} process(es); lower --batch_size."
+        )
+    sampler = torch.utils.data.DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True
+    )
+    loader = make_loader(
+        dataset,
+        args.batch_size,
+        sampler,
+        drop_last=True,
+        num_workers=args.num_workers,
+        device=args.device_obj,
+        collate_fn=collate_fn,
+    )
     return loader, sampler
 
 
 def eval_loader(dataset, args) -> DataLoader:
     """In order, rank r taking samples r, r+W, ...: every sample exactly once, no padding."""
-    return make_loader(dataset, args.batch_size, du.ShardSampler(len(dataset)), num_workers=args.num_workers,
-                       device=args.device_obj, persistent_workers=args.num_workers > 0,
-                       generator=torch.Generator().manual_seed(args.seed))
+    return make_loader(
+        dataset,
+        args.batch_size,
+        du.ShardSampler(len(dataset)),
+        num_workers=args.num_workers,
+        device=args.device_obj,
+        persistent_workers=args.num_workers > 0,
+        generator=torch.Generator().manual_seed(args.seed),
+    )

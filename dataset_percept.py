@@ -11,6 +11,7 @@ Pool members travel in one of two forms (``--pool_features``):
   the step encodes them with the frozen concept emotion branch;
 - ``bank``: only their indices (``pool_index``, K per sample), looked up in the feature bank.
 """
+
 import os
 
 import numpy as np
@@ -35,18 +36,24 @@ def load_bank(confidence_dir: str, train_set, input_size: int, concept_sha256: s
     if not isinstance(bank, dict) or any(k not in bank for k in needed):
         raise UserError(f"{path} is not a stage-2 feature bank; rerun python high_confidence.py.")
     if bank["classes"] != train_set.classes:
-        raise UserError(f"{path} was made for classes {bank['classes']}, this training set has {train_set.classes}; "
-                        f"rerun stage 2 on this data.")
+        raise UserError(
+            f"{path} was made for classes {bank['classes']}, this training set has {train_set.classes}; "
+            f"rerun stage 2 on this data."
+        )
     if bank["input_size"] != input_size:
-        raise UserError(f"{path} was made at input size {bank['input_size']}, this run uses {input_size}; pass "
-                        f"--input_size {bank['input_size']} or rerun stage 2.")
+        raise UserError(
+            f"{path} was made at input size {bank['input_size']}, this run uses {input_size}; pass "
+            f"--input_size {bank['input_size']} or rerun stage 2."
+        )
     if bank["data_fingerprint"] != train_set.fingerprint() or len(bank["labels"]) != len(train_set):
         raise UserError(f"{path} was made for another training set than {train_set.root}; rerun stage 2 on it.")
     if not torch.equal(bank["labels"], torch.tensor(train_set.targets)):
         raise UserError(f"{path} labels do not match {train_set.root}; rerun stage 2 on it.")
     if concept_sha256 is not None and bank["concept_sha256"] != concept_sha256:
-        raise UserError(f"{path} was made with another concept checkpoint than --concept_ckpt; pass the one stage 2 "
-                        f"used or rerun stage 2.")
+        raise UserError(
+            f"{path} was made with another concept checkpoint than --concept_ckpt; pass the one stage 2 "
+            f"used or rerun stage 2."
+        )
     return bank
 
 
@@ -139,8 +146,11 @@ def concept_regularisation(args, train_set) -> tuple:
     concept = None
     concept_sha = None
     if online:
-        existing_file(args.concept_ckpt, "concept checkpoint",
-                      "run stage 1 first (python main_concept.py) or pass --concept_ckpt.")
+        existing_file(
+            args.concept_ckpt,
+            "concept checkpoint",
+            "run stage 1 first (python main_concept.py) or pass --concept_ckpt.",
+        )
         concept_sha = sha256_file(args.concept_ckpt)
     bank = load_bank(args.confidence_dir, train_set, args.input_size, concept_sha)
     eval_acc = None
@@ -156,14 +166,19 @@ def concept_regularisation(args, train_set) -> tuple:
         mask, kept = filter_by_correctness(mask, correct, bank["labels"], len(train_set.classes))
         teacher["filtered_mask_share"] = float(mask.float().mean())
         if kept:
-            print(f"note: --teacher_filter correct: the concept model classifies no high-confidence image of "
-                  f"{', '.join(train_set.classes[c] for c in kept)} correctly; those classes keep their "
-                  f"unfiltered pools.", flush=True)
+            print(
+                f"note: --teacher_filter correct: the concept model classifies no high-confidence image of "
+                f"{', '.join(train_set.classes[c] for c in kept)} correctly; those classes keep their "
+                f"unfiltered pools.",
+                flush=True,
+            )
     if online:
         checkpoint = load_concept_checkpoint(args.concept_ckpt)
         if checkpoint["meta"]["classes"] != train_set.classes:
-            raise UserError(f"{args.concept_ckpt} was trained on classes {checkpoint['meta']['classes']}, "
-                            f"this run has {train_set.classes}.")
+            raise UserError(
+                f"{args.concept_ckpt} was trained on classes {checkpoint['meta']['classes']}, "
+                f"this run has {train_set.classes}."
+            )
         concept = frozen_concept(checkpoint, args.device_obj)
         del checkpoint
         if args.channels_last:

@@ -14,6 +14,7 @@ the class's high-score pool. Artefacts (all plain data, written atomically):
                       + classes, input size, normalisation, concept checkpoint sha256
 - confidence_hist.png per-class confidence histograms with the threshold marked
 """
+
 from dataset_concept import build_dataset, build_transform, eval_loader
 from models.concept import frozen_concept, load_concept_checkpoint
 from utils import distributed as du
@@ -36,8 +37,10 @@ def main(argv=None):
     if args.input_size is None:
         args.input_size = saved_size
     elif args.input_size != saved_size:
-        raise UserError(f"--input_size {args.input_size} differs from the concept checkpoint's {saved_size}; "
-                        f"drop the flag to use the checkpoint's.")
+        raise UserError(
+            f"--input_size {args.input_size} differs from the concept checkpoint's {saved_size}; "
+            f"drop the flag to use the checkpoint's."
+        )
     args.epochs = None
     start_run(args)
     classes = meta["classes"]
@@ -45,8 +48,10 @@ def main(argv=None):
     del checkpoint
     dataset = build_dataset(args.dataset, args.data_path, "train", skip_bad_images=args.skip_bad_images)
     if dataset.classes != classes:
-        raise UserError(f"{args.data_path} has classes {dataset.classes} but the concept checkpoint was trained on "
-                        f"{classes}; score the training set the concept model was trained on.")
+        raise UserError(
+            f"{args.data_path} has classes {dataset.classes} but the concept checkpoint was trained on "
+            f"{classes}; score the training set the concept model was trained on."
+        )
     dataset.transform = build_transform(args.score_transform == "train", args.input_size, meta["mean"], meta["std"])
     scores = score(model, eval_loader(dataset, args), args.device_obj)
     if scores["index"].numel() != len(dataset) and not args.skip_bad_images:
@@ -55,14 +60,29 @@ def main(argv=None):
     if not du.is_main_process():
         du.cleanup()
         return
-    summary = write_artefacts(args.output_dir, dataset, scores, args.percentile, {
-        "input_size": args.input_size, "mean": meta["mean"], "std": meta["std"], "dataset": args.dataset,
-        "concept_sha256": sha256_file(args.concept_ckpt), "score_transform": args.score_transform})
+    summary = write_artefacts(
+        args.output_dir,
+        dataset,
+        scores,
+        args.percentile,
+        {
+            "input_size": args.input_size,
+            "mean": meta["mean"],
+            "std": meta["std"],
+            "dataset": args.dataset,
+            "concept_sha256": sha256_file(args.concept_ckpt),
+            "score_transform": args.score_transform,
+        },
+    )
     write_config(args, {"concept_ckpt": args.concept_ckpt})
-    print(f"scored {summary['images']} images; thresholds "
-          + ", ".join(f"{c} {t:.3f} (pool {p}/{n})" for c, t, p, n in
-                      zip(classes, summary["thresholds"], summary["pool_sizes"], summary["counts"]))
-          + f"; artefacts in {args.output_dir}")
+    print(
+        f"scored {summary['images']} images; thresholds "
+        + ", ".join(
+            f"{c} {t:.3f} (pool {p}/{n})"
+            for c, t, p, n in zip(classes, summary["thresholds"], summary["pool_sizes"], summary["counts"])
+        )
+        + f"; artefacts in {args.output_dir}"
+    )
     du.cleanup()
 
 

@@ -6,6 +6,7 @@
 
 Loss (docs/method.md, stage 1): alpha*L_orth + beta*(L_focal + L_RR) + gamma*L_CC (utils/objectives.py).
 """
+
 from dataset_concept import build_splits, eval_loader, train_loader
 from models.concept import ConceptNet
 from utils import distributed as du
@@ -16,21 +17,39 @@ from utils.objectives import ConceptObjective, resolve_focal_alpha
 
 get_args_parser = concept_parser  # the flags live in utils/cli.py, shared with benchmarks and tests
 
+
 @run_main
 def main(argv=None):
     args = start_run(get_args_parser().parse_args(argv))
-    pretrained = None if args.eval else existing_file(
-        args.pretrained, "pretrained weights", "put the VGGFace2 ResNet-50 file there (see pretrained/README.md) "
-        "or pass --pretrained none to train from scratch.")
+    pretrained = (
+        None
+        if args.eval
+        else existing_file(
+            args.pretrained,
+            "pretrained weights",
+            "put the VGGFace2 ResNet-50 file there (see pretrained/README.md) "
+            "or pass --pretrained none to train from scratch.",
+        )
+    )
     splits, mean, std = build_splits(args)
     classes = splits["train"].classes
     focal_alpha = resolve_focal_alpha(args.focal_alpha, classes, splits["train"].targets, args.dataset)
 
-    model = ConceptNet(len(classes), pretrained, nonemotion_bn_update=args.nonemotion_bn_update,
-                       classifier_input=args.classifier_input)
-    meta = {"model": "ConceptNet", "classifier_input": args.classifier_input, "classes": classes, "input_size": args.input_size, "mean": mean, "std": std,
-            "dataset": args.dataset, "train_fingerprint": splits["train"].fingerprint(), "focal_alpha": focal_alpha,
-            "pretrained_sha256": model.weights_sha256}
+    model = ConceptNet(
+        len(classes), pretrained, nonemotion_bn_update=args.nonemotion_bn_update, classifier_input=args.classifier_input
+    )
+    meta = {
+        "model": "ConceptNet",
+        "classifier_input": args.classifier_input,
+        "classes": classes,
+        "input_size": args.input_size,
+        "mean": mean,
+        "std": std,
+        "dataset": args.dataset,
+        "train_fingerprint": splits["train"].fingerprint(),
+        "focal_alpha": focal_alpha,
+        "pretrained_sha256": model.weights_sha256,
+    }
     prepare_resume(args, meta)  # before anything is written
     trainer = Trainer(args, model, ConceptObjective(args, len(classes), focal_alpha, args.device_obj), meta)
     eval_loaders = {split: eval_loader(splits[split], args) for split in ("eval", "test") if split in splits}
@@ -39,9 +58,11 @@ def main(argv=None):
         du.cleanup()
         return
     loader, sampler = train_loader(splits["train"], args)
-    print(f"stage 1 on {args.device_name} x{args.world_size}: {len(splits['train'])} train images, "
-          f"{', '.join(f'{s} {len(d)}' for s, d in splits.items() if s != 'train')}, classes {classes}, "
-          f"lr {args.lr:g}, focal alpha {focal_alpha}")
+    print(
+        f"stage 1 on {args.device_name} x{args.world_size}: {len(splits['train'])} train images, "
+        f"{', '.join(f'{s} {len(d)}' for s, d in splits.items() if s != 'train')}, classes {classes}, "
+        f"lr {args.lr:g}, focal alpha {focal_alpha}"
+    )
     write_config(args, {"pretrained": pretrained})
     trainer.fit(loader, sampler, eval_loaders, classes, args.epochs)
     du.cleanup()

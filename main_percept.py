@@ -5,13 +5,13 @@
     python main_percept.py --eval --resume output/percept/checkpoint-best.pth
     python main_percept.py --vad --concept_target none --dataset fer2013 --data_path fer2013_vad.csv
 
-Loss (docs/method.md, stage 3; utils/objectives.py): alpha*CE + beta*MMD(concepts, features) + gamma*KL(high-confidence),
-plus, with --vad, lambda_vad*MSE(VAD) + lambda_cons*L_cons. Concept targets (--concept_target):
+Loss (docs/method.md, stage 3; utils/objectives.py):
+alpha*CE + beta*MMD(concepts, features) + gamma*KL(high-confidence), plus, with --vad,
+lambda_vad*MSE(VAD) + lambda_cons*L_cons. Concept targets (--concept_target):
 pool (default: own concept when high-confidence, mean of K pooled class concepts otherwise),
 self (every sample its own concept, the released script), none (plain ResNet-18, CE only).
 Only the perceptual network is saved.
 """
-import os
 
 from dataset_concept import build_splits, eval_loader, train_loader
 from dataset_percept import collate_percept, concept_regularisation
@@ -27,6 +27,7 @@ from utils.objectives import PerceptObjective
 
 get_args_parser = percept_parser  # the flags live in utils/cli.py, shared with benchmarks and tests
 
+
 @run_main
 def main(argv=None):
     args = start_run(get_args_parser().parse_args(argv))
@@ -35,9 +36,15 @@ def main(argv=None):
         raise UserError(f"--backbone {args.backbone} is not one of {', '.join(PERCEPT_BACKBONES)}.")
     if args.pretrained is None and not args.eval:
         args.pretrained = default_weights(args.backbone)
-    pretrained = None if args.eval else existing_file(
-        args.pretrained, "pretrained weights", f"put the {args.backbone} weights there (see pretrained/README.md) "
-        f"or pass --pretrained none.")
+    pretrained = (
+        None
+        if args.eval
+        else existing_file(
+            args.pretrained,
+            "pretrained weights",
+            f"put the {args.backbone} weights there (see pretrained/README.md) or pass --pretrained none.",
+        )
+    )
     splits, mean, std = build_splits(args, vad=args.vad)
     classes = splits["train"].classes
     mode = args.concept_target
@@ -47,29 +54,47 @@ def main(argv=None):
         train_set, concept, bank, concept_sha, teacher = concept_regularisation(args, train_set)
     sign_matrix = vad_sign_matrix(classes).to(args.device_obj) if args.vad else None
 
-    model = PerceptNet(len(classes), pretrained, vad=args.vad, backbone=args.backbone,
-                       classifier_input=args.classifier_input)
-    meta = {"model": "PerceptNet+VAD" if args.vad else "PerceptNet", "backbone": args.backbone,
-            "classifier_input": args.classifier_input, "vad": args.vad,
-            "classes": classes, "input_size": args.input_size, "mean": mean, "std": std, "dataset": args.dataset,
-            "train_fingerprint": splits["train"].fingerprint(), "concept_target": mode,
-            "pool_features": args.pool_features, "teacher_filter": args.teacher_filter, "concept_sha256": concept_sha,
-            "teacher": teacher, "pretrained_sha256": model.weights_sha256}
+    model = PerceptNet(
+        len(classes), pretrained, vad=args.vad, backbone=args.backbone, classifier_input=args.classifier_input
+    )
+    meta = {
+        "model": "PerceptNet+VAD" if args.vad else "PerceptNet",
+        "backbone": args.backbone,
+        "classifier_input": args.classifier_input,
+        "vad": args.vad,
+        "classes": classes,
+        "input_size": args.input_size,
+        "mean": mean,
+        "std": std,
+        "dataset": args.dataset,
+        "train_fingerprint": splits["train"].fingerprint(),
+        "concept_target": mode,
+        "pool_features": args.pool_features,
+        "teacher_filter": args.teacher_filter,
+        "concept_sha256": concept_sha,
+        "teacher": teacher,
+        "pretrained_sha256": model.weights_sha256,
+    }
     prepare_resume(args, meta)  # before anything is written
-    trainer = Trainer(args, model, PerceptObjective(args, concept, bank, sign_matrix), meta,
-                      on_epoch_end=(lambda history, best: write_vad_records(args.output_dir, history, best))
-                      if args.vad else None)
+    trainer = Trainer(
+        args,
+        model,
+        PerceptObjective(args, concept, bank, sign_matrix),
+        meta,
+        on_epoch_end=(lambda history, best: write_vad_records(args.output_dir, history, best)) if args.vad else None,
+    )
     eval_loaders = {split: eval_loader(splits[split], args) for split in ("eval", "test") if split in splits}
     if args.eval:
         trainer.evaluate_checkpoint(args.resume, eval_loaders, classes)
         du.cleanup()
         return
     loader, sampler = train_loader(train_set, args, collate_percept)
-    print(f"stage 3 ({args.backbone}, {mode}{'+' + args.pool_features if mode == 'pool' else ''}"
-          f"{', VAD' if args.vad else ''}) on "
-          f"{args.device_name} x{args.world_size}: {len(train_set)} train images, classes {classes}, lr {args.lr:g}")
-    write_config(args, {"pretrained": pretrained,
-                        "concept_ckpt": args.concept_ckpt if concept is not None else None})
+    print(
+        f"stage 3 ({args.backbone}, {mode}{'+' + args.pool_features if mode == 'pool' else ''}"
+        f"{', VAD' if args.vad else ''}) on "
+        f"{args.device_name} x{args.world_size}: {len(train_set)} train images, classes {classes}, lr {args.lr:g}"
+    )
+    write_config(args, {"pretrained": pretrained, "concept_ckpt": args.concept_ckpt if concept is not None else None})
     trainer.fit(loader, sampler, eval_loaders, classes, args.epochs)
     du.cleanup()
 

@@ -8,6 +8,7 @@ Writes a CSV (path, predicted class, one probability column per class[, valence,
 dominance]) and prints one line per image; --save_vis draws each face with its class
 probabilities (and its three VAD values).
 """
+
 import argparse
 import os
 
@@ -25,8 +26,9 @@ from utils.labels import VAD_NAMES
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("inputs", nargs="+", help="image files and/or folders")
     parser.add_argument("--checkpoint", default=os.path.join("output", "percept", "checkpoint-best.pth"))
     parser.add_argument("--output", default="predictions.csv", help="CSV to write")
@@ -42,10 +44,17 @@ def load_percept(path, device):
     checkpoint = load_checkpoint(path, "perceptual checkpoint")
     meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
     if not meta or not str(meta.get("model", "")).startswith("PerceptNet"):
-        raise UserError(f"{path} is not a stage-3 (main_percept.py) checkpoint; predict.py needs the perceptual "
-                        f"network, e.g. output/percept/checkpoint-best.pth.")
-    model = PerceptNet(len(meta["classes"]), None, vad=meta.get("vad", False), backbone=meta.get("backbone", "resnet18"),
-                       classifier_input=meta.get("classifier_input", "unit"))  # unit: checkpoints from before the flag
+        raise UserError(
+            f"{path} is not a stage-3 (main_percept.py) checkpoint; predict.py needs the perceptual "
+            f"network, e.g. output/percept/checkpoint-best.pth."
+        )
+    model = PerceptNet(
+        len(meta["classes"]),
+        None,
+        vad=meta.get("vad", False),
+        backbone=meta.get("backbone", "resnet18"),
+        classifier_input=meta.get("classifier_input", "unit"),
+    )  # unit: checkpoints from before the flag
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), meta
 
@@ -101,14 +110,18 @@ def main(argv=None):
     device = resolve_device(args.device)
     model, meta = load_percept(args.checkpoint, device)
     classes = meta["classes"]
-    dataset = ImageFiles(args.inputs, build_transform(False, meta["input_size"], meta["mean"], meta["std"]),
-                         args.skip_bad_images)
+    dataset = ImageFiles(
+        args.inputs, build_transform(False, meta["input_size"], meta["mean"], meta["std"]), args.skip_bad_images
+    )
     rows = run(model, make_loader(dataset, args.batch_size, num_workers=args.num_workers, device=device), device)
     records = []
     for index, probs, vad in rows:
         path = dataset.relpath(index)
-        record = {"path": path, "pred": classes[int(probs.argmax())],
-                  **{f"prob_{c}": round(float(p), 6) for c, p in zip(classes, probs)}}
+        record = {
+            "path": path,
+            "pred": classes[int(probs.argmax())],
+            **{f"prob_{c}": round(float(p), 6) for c, p in zip(classes, probs)},
+        }
         line = f"{path}: {record['pred']} ({probs.max():.3f})"
         if vad is not None:
             record.update({name: round(float(v), 4) for name, v in zip(VAD_NAMES, vad)})

@@ -23,6 +23,7 @@ folder, at one input size and batch; a row's figure is the median over ``--repea
   difference of their values and gradients. Each L_CC variant runs in a fresh process so that one's
   freed memory cannot hide another's peak (CPU: the process's peak resident memory, Linux only).
 """
+
 import argparse
 import json
 import os
@@ -38,8 +39,8 @@ if REPO not in sys.path:
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from torch.utils.data import RandomSampler  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from dataset_concept import build_splits, eval_loader, make_loader, resize_size  # noqa: E402
 from dataset_percept import collate_percept, concept_regularisation  # noqa: E402
@@ -68,8 +69,9 @@ TARGETS = {  # key: upper bound (issue #7)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--input_size", type=int, default=64, help="training crop size of every training row")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per repeat")
@@ -88,15 +90,24 @@ def parse_args(argv=None):
     parser.add_argument("--only", default="", help="comma-separated rows: stage1,stage2,stage3,inference,backbones,lcc")
     parser.add_argument("--lcc_child", default="", help=argparse.SUPPRESS)  # internal: one L_CC variant
     args = parser.parse_args(argv)
-    for name in ("input_size", "batch_size", "steps", "repeats", "images_per_class", "latency_size",
-                 "latency_repeats", "lcc_batch"):
+    for name in (
+        "input_size",
+        "batch_size",
+        "steps",
+        "repeats",
+        "images_per_class",
+        "latency_size",
+        "latency_repeats",
+        "lcc_batch",
+    ):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1.")
     if args.warmup < 0 or args.num_workers < 0:
         raise UserError("--warmup and --num_workers cannot be negative.")
     if args.images_per_class * 7 < args.batch_size:
-        raise UserError(f"--images_per_class {args.images_per_class} gives fewer than one batch of "
-                        f"{args.batch_size} faces.")
+        raise UserError(
+            f"--images_per_class {args.images_per_class} gives fewer than one batch of {args.batch_size} faces."
+        )
     return args
 
 
@@ -132,9 +143,27 @@ class WholeConcept(nn.Module):
 
 def stage_args(parser, bench, extra=()):
     """A stage script's own flags (defaults: the paper's) for the benchmark's data and settings."""
-    argv = ["--data_path", bench.train_dir, "--eval_data_path", bench.test_dir, "--input_size", bench.input_size,
-            "--batch_size", bench.batch_size, "--num_workers", bench.num_workers, "--norm_cache", bench.cache_dir,
-            "--device", bench.device, "--seed", bench.seed, "--pretrained", "none", *extra]
+    argv = [
+        "--data_path",
+        bench.train_dir,
+        "--eval_data_path",
+        bench.test_dir,
+        "--input_size",
+        bench.input_size,
+        "--batch_size",
+        bench.batch_size,
+        "--num_workers",
+        bench.num_workers,
+        "--norm_cache",
+        bench.cache_dir,
+        "--device",
+        bench.device,
+        "--seed",
+        bench.seed,
+        "--pretrained",
+        "none",
+        *extra,
+    ]
     if bench.amp:
         argv.append("--amp")
     if bench.channels_last:
@@ -144,11 +173,22 @@ def stage_args(parser, bench, extra=()):
 
 def stream_loader(dataset, args, total_batches, collate_fn=None):
     """The stage's DataLoader settings, sampling with replacement for as many batches as the row needs."""
-    sampler = RandomSampler(dataset, replacement=True, num_samples=total_batches * args.batch_size,
-                            generator=torch.Generator().manual_seed(args.seed))
+    sampler = RandomSampler(
+        dataset,
+        replacement=True,
+        num_samples=total_batches * args.batch_size,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     kwargs = {"collate_fn": collate_fn} if collate_fn else {}
-    return make_loader(dataset, args.batch_size, sampler, drop_last=True, num_workers=args.num_workers,
-                       device=args.device_obj, **kwargs)
+    return make_loader(
+        dataset,
+        args.batch_size,
+        sampler,
+        drop_last=True,
+        num_workers=args.num_workers,
+        device=args.device_obj,
+        **kwargs,
+    )
 
 
 def time_training(bench, args, model, objective, dataset, collate_fn=None):
@@ -240,23 +280,55 @@ def bench_stage2(bench, results, shared):
     shared["concept"] = concept
     # stage 2's artefacts, written by the stage's own function, for stage 3 to read
     shared["concept_ckpt"] = os.path.join(bench.tmp, "concept.pth")
-    save_checkpoint(shared["concept_ckpt"], {"model": concept.state_dict(), "meta": {
-        "model": "ConceptNet", "classes": splits["train"].classes, "input_size": args.input_size}})
+    save_checkpoint(
+        shared["concept_ckpt"],
+        {
+            "model": concept.state_dict(),
+            "meta": {"model": "ConceptNet", "classes": splits["train"].classes, "input_size": args.input_size},
+        },
+    )
     shared["confidence_dir"] = os.path.join(bench.tmp, "confidence")
-    write_artefacts(shared["confidence_dir"], splits["train"], scores["last"], 0.2, {
-        "input_size": args.input_size, "mean": mean, "std": std, "dataset": args.dataset,
-        "concept_sha256": sha256_file(shared["concept_ckpt"]), "score_transform": "eval"})
+    write_artefacts(
+        shared["confidence_dir"],
+        splits["train"],
+        scores["last"],
+        0.2,
+        {
+            "input_size": args.input_size,
+            "mean": mean,
+            "std": std,
+            "dataset": args.dataset,
+            "concept_sha256": sha256_file(shared["concept_ckpt"]),
+            "score_transform": "eval",
+        },
+    )
 
 
 def bench_stage3(bench, results, shared):
     if "scores" not in shared:
         bench_stage2(bench, {}, shared)
-    rows = {"none": ("none", "online"), "self": ("self", "online"), "pool+bank": ("pool", "bank"),
-            "pool+online": ("pool", "online"), "reference": ("pool", "online")}
+    rows = {
+        "none": ("none", "online"),
+        "self": ("self", "online"),
+        "pool+bank": ("pool", "bank"),
+        "pool+online": ("pool", "online"),
+        "reference": ("pool", "online"),
+    }
     for name, (target, pool_features) in rows.items():
-        args = stage_args(percept_parser(), bench,
-                          ["--concept_target", target, "--pool_features", pool_features, "--concept_ckpt",
-                           shared["concept_ckpt"], "--confidence_dir", shared["confidence_dir"]])
+        args = stage_args(
+            percept_parser(),
+            bench,
+            [
+                "--concept_target",
+                target,
+                "--pool_features",
+                pool_features,
+                "--concept_ckpt",
+                shared["concept_ckpt"],
+                "--confidence_dir",
+                shared["confidence_dir"],
+            ],
+        )
         check_percept_args(args)
         splits, _, _ = build_splits(args)
         train, concept, bank = splits["train"], None, None
@@ -265,9 +337,9 @@ def bench_stage3(bench, results, shared):
             results["stage3_low_confidence_share"] = float(1 - train.mask.float().mean())
         if name == "reference":  # the reference's way: pool images through both encoders
             concept = WholeConcept(concept)
-        results[f"stage3_{name}_images_per_s"] = time_training(bench, args, PerceptNet(len(train.classes)),
-                                                               PerceptObjective(args, concept, bank), train,
-                                                               collate_percept)
+        results[f"stage3_{name}_images_per_s"] = time_training(
+            bench, args, PerceptNet(len(train.classes)), PerceptObjective(args, concept, bank), train, collate_percept
+        )
     rate = {name: results[f"stage3_{name}_images_per_s"] for name in rows}
     results["stage3_bank_over_none"] = rate["none"] / rate["pool+bank"]
     results["stage3_online_over_reference"] = rate["reference"] / rate["pool+online"]
@@ -282,9 +354,9 @@ def bench_inference(bench, results):
     if bench.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     nets = {"percept": PerceptNet(7), "concept": ConceptNet(7)}
-    results["concept_emotion_branch_params"] = sum(p.numel() for m in (nets["concept"].emotion,
-                                                                       nets["concept"].classifier)
-                                                   for p in m.parameters())
+    results["concept_emotion_branch_params"] = sum(
+        p.numel() for m in (nets["concept"].emotion, nets["concept"].classifier) for p in m.parameters()
+    )
     times = {name: [] for name in nets}
     with torch.inference_mode():
         for name, net in nets.items():
@@ -300,7 +372,7 @@ def bench_inference(bench, results):
                 nets[name](x)
         for _ in range(bench.latency_repeats):
             for name, net in nets.items():
-                times[name].append(time_calls(lambda: net(x), device, 0, 1))
+                times[name].append(time_calls(lambda net=net: net(x), device, 0, 1))
     for name in nets:
         results[f"{name}_latency_ms"] = 1000 * statistics.median(times[name])
     results["percept_over_concept_latency"] = results["percept_latency_ms"] / results["concept_latency_ms"]
@@ -326,7 +398,7 @@ def bench_backbones(bench, results):
                 net(x)
         for _ in range(bench.latency_repeats):
             for name, net in nets.items():
-                times[name].append(time_calls(lambda: net(x), device, 0, 1))
+                times[name].append(time_calls(lambda net=net: net(x), device, 0, 1))
     for name in nets:
         results[f"backbone_{name}_latency_ms"] = 1000 * statistics.median(times[name])
 
@@ -382,8 +454,20 @@ def bench_lcc(bench, results):
         child = {}
         for variant in ("ours", "naive"):
             grad_path = os.path.join(tmp, f"{variant}.pt")
-            cmd = [sys.executable, os.path.abspath(__file__), "--lcc_child", variant, "--lcc_batch",
-                   str(bench.lcc_batch), "--device", bench.device, "--repeats", str(bench.repeats), "--json", grad_path]
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--lcc_child",
+                variant,
+                "--lcc_batch",
+                str(bench.lcc_batch),
+                "--device",
+                bench.device,
+                "--repeats",
+                str(bench.repeats),
+                "--json",
+                grad_path,
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
             if proc.returncode != 0:
                 raise UserError(f"the L_CC {variant} measurement failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -395,25 +479,42 @@ def bench_lcc(bench, results):
     ours, naive = child["ours"]["peak_bytes"], child["naive"]["peak_bytes"]
     results["lcc_peak_mem_ratio"] = ours / naive if ours is not None and naive else None
     results["lcc_time_ratio"] = child["ours"]["seconds"] / child["naive"]["seconds"]
-    results["lcc_max_abs_diff"] = max(abs(child["ours"]["value"] - child["naive"]["value"]),
-                                      float((child["ours"]["grad"] - child["naive"]["grad"]).abs().max()))
+    results["lcc_max_abs_diff"] = max(
+        abs(child["ours"]["value"] - child["naive"]["value"]),
+        float((child["ours"]["grad"] - child["naive"]["grad"]).abs().max()),
+    )
 
 
 # --------------------------------------------------------------------------- report
 def table(results):
-    rows = [("stage 1 step", "stage1_images_per_s", "img/s"), ("stage 1 bare fwd+bwd+step", "stage1_bare_images_per_s", "img/s"),
-            ("stage 2 scoring (emotion branch)", "stage2_images_per_s", "img/s"),
-            ("stage 2 scoring, reference (both encoders)", "stage2_reference_images_per_s", "img/s")]
-    rows += [(f"stage 3 {name}", f"stage3_{name}_images_per_s", "img/s")
-             for name in ("none", "self", "pool+bank", "pool+online", "reference")]
-    rows += [("perceptual net latency", "percept_latency_ms", "ms"), ("conceptual pathway latency", "concept_latency_ms", "ms"),
-             ("perceptual net params", "percept_params", "M"), ("conceptual pathway params", "concept_params", "M"),
-             ("perceptual net FLOPs", "percept_flops", "G"), ("conceptual pathway FLOPs", "concept_flops", "G"),
-             ("L_CC ours fwd+bwd", "lcc_ours_ms", "ms"), ("L_CC naive fwd+bwd", "lcc_naive_ms", "ms"),
-             ("L_CC ours peak memory", "lcc_ours_peak_bytes", "MiB"), ("L_CC naive peak memory", "lcc_naive_peak_bytes", "MiB")]
-    rows += [(f"--backbone {name} {what}", f"backbone_{name}_{key}", unit) for name in PERCEPT_BACKBONES
-             for what, key, unit in (("params", "params", "M"), ("FLOPs", "flops", "G"), ("latency", "latency_ms", "ms"))]
-    scale = {"M": 1e-6, "G": 1e-9, "MiB": 2 ** -20}
+    rows = [
+        ("stage 1 step", "stage1_images_per_s", "img/s"),
+        ("stage 1 bare fwd+bwd+step", "stage1_bare_images_per_s", "img/s"),
+        ("stage 2 scoring (emotion branch)", "stage2_images_per_s", "img/s"),
+        ("stage 2 scoring, reference (both encoders)", "stage2_reference_images_per_s", "img/s"),
+    ]
+    rows += [
+        (f"stage 3 {name}", f"stage3_{name}_images_per_s", "img/s")
+        for name in ("none", "self", "pool+bank", "pool+online", "reference")
+    ]
+    rows += [
+        ("perceptual net latency", "percept_latency_ms", "ms"),
+        ("conceptual pathway latency", "concept_latency_ms", "ms"),
+        ("perceptual net params", "percept_params", "M"),
+        ("conceptual pathway params", "concept_params", "M"),
+        ("perceptual net FLOPs", "percept_flops", "G"),
+        ("conceptual pathway FLOPs", "concept_flops", "G"),
+        ("L_CC ours fwd+bwd", "lcc_ours_ms", "ms"),
+        ("L_CC naive fwd+bwd", "lcc_naive_ms", "ms"),
+        ("L_CC ours peak memory", "lcc_ours_peak_bytes", "MiB"),
+        ("L_CC naive peak memory", "lcc_naive_peak_bytes", "MiB"),
+    ]
+    rows += [
+        (f"--backbone {name} {what}", f"backbone_{name}_{key}", unit)
+        for name in PERCEPT_BACKBONES
+        for what, key, unit in (("params", "params", "M"), ("FLOPs", "flops", "G"), ("latency", "latency_ms", "ms"))
+    ]
+    scale = {"M": 1e-6, "G": 1e-9, "MiB": 2**-20}
     lines = ["| measurement | value |", "|---|---|"]
     for label, key, unit in rows:
         if results.get(key) is not None:
@@ -431,6 +532,7 @@ def table(results):
 def main(argv=None):
     bench = parse_args(argv)
     from utils.distributed import resolve_device
+
     bench.device_obj = resolve_device(bench.device)
     if bench.lcc_child:
         lcc_child(bench)
@@ -441,35 +543,48 @@ def main(argv=None):
     if unknown:
         raise UserError(f"--only {','.join(sorted(unknown))}: no such row ({', '.join(rows)}).")
     device = bench.device_obj
-    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-               f"cpu ({torch.get_num_threads()} threads, {os.cpu_count()} cores)",
-               "torch": torch.__version__, "settings": {k: v for k, v in vars(bench).items()
-                                                        if k not in ("device_obj", "lcc_child", "tmp")}}
+    results = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads, {os.cpu_count()} cores)",
+        "torch": torch.__version__,
+        "settings": {k: v for k, v in vars(bench).items() if k not in ("device_obj", "lcc_child", "tmp")},
+    }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         bench.tmp = tmp
         if only & {"stage1", "stage2", "stage3"}:
             faces = os.path.join(tmp, "faces")
-            make_dataset(faces, seed=bench.seed, size=resize_size(bench.input_size),
-                         train_per_class=bench.images_per_class, test_per_class=1)
+            make_dataset(
+                faces,
+                seed=bench.seed,
+                size=resize_size(bench.input_size),
+                train_per_class=bench.images_per_class,
+                test_per_class=1,
+            )
             bench.train_dir, bench.test_dir = os.path.join(faces, "train"), os.path.join(faces, "test")
             bench.cache_dir = os.path.join(tmp, "cache")
         shared = {}
-        for row, fn in (("stage1", lambda: bench_stage1(bench, results)),
-                        ("stage2", lambda: bench_stage2(bench, results, shared)),
-                        ("stage3", lambda: bench_stage3(bench, results, shared)),
-                        ("inference", lambda: bench_inference(bench, results)),
-                        ("backbones", lambda: bench_backbones(bench, results)),
-                        ("lcc", lambda: bench_lcc(bench, results))):
+        for row, fn in (
+            ("stage1", lambda: bench_stage1(bench, results)),
+            ("stage2", lambda: bench_stage2(bench, results, shared)),
+            ("stage3", lambda: bench_stage3(bench, results, shared)),
+            ("inference", lambda: bench_inference(bench, results)),
+            ("backbones", lambda: bench_backbones(bench, results)),
+            ("lcc", lambda: bench_lcc(bench, results)),
+        ):
             if row in only:
                 start = time.perf_counter()
                 fn()
                 print(f"{row}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    results["targets"] = {k: {"max": v, "met": results[k] is not None and results[k] <= v}
-                          for k, v in TARGETS.items() if k in results}
+    results["targets"] = {
+        k: {"max": v, "met": results[k] is not None and results[k] <= v} for k, v in TARGETS.items() if k in results
+    }
     results["seconds"] = time.perf_counter() - started
-    print(f"device: {results['device']}, torch {results['torch']}, input {bench.input_size} px, batch "
-          f"{bench.batch_size}, {bench.num_workers} workers")
+    print(
+        f"device: {results['device']}, torch {results['torch']}, input {bench.input_size} px, batch "
+        f"{bench.batch_size}, {bench.num_workers} workers"
+    )
     print(table(results))
     if bench.json:
         write_json(bench.json, results)

@@ -1,1 +1,2 @@
-"""Backbones by name (models.backbones), the conceptual pathway (models.concept) and the perceptual network (models.percept)."""
+"""Backbones by name (models.backbones), the conceptual pathway (models.concept) and the perceptual
+network (models.percept)."""

@@ -21,6 +21,7 @@ admits only numpy arrays and plain containers; ``.pth`` checkpoints through
 ``torch.load(weights_only=True)``. Every problem with a file is a :class:`UserError` naming the file,
 the key(s) and the fix. Both loaders return the file's sha256 so runs can log which weights they used.
 """
+
 import _compat_pickle
 import hashlib
 import io
@@ -90,6 +91,7 @@ def _check_against_model(model, tensors, path, what, skip_prefixes=()):
     model has no such keys (its fc was replaced by nn.Identity). Everything else must match exactly, except
     the BN ``num_batches_tracked`` counters, which may be absent from the file.
     """
+
     def skipped(key):
         return any(key.startswith(prefix) for prefix in skip_prefixes)
 
@@ -100,18 +102,27 @@ def _check_against_model(model, tensors, path, what, skip_prefixes=()):
 
     missing = [k for k in own if k not in given and not k.endswith(_IGNORED_SUFFIX)]
     if missing:
-        raise UserError(f"{what} {path} lacks the parameter(s) {_key_list(missing)}; it is not the expected "
-                        f"file, get the right one as described in {README_HINT}.")
+        raise UserError(
+            f"{what} {path} lacks the parameter(s) {_key_list(missing)}; it is not the expected "
+            f"file, get the right one as described in {README_HINT}."
+        )
     unexpected = [k for k in given if k not in own]
     if unexpected:
-        raise UserError(f"{what} {path} holds parameter(s) this network does not have: "
-                        f"{_key_list(unexpected)}; it is not the expected file, get the right one as described "
-                        f"in {README_HINT}.")
-    wrong = [f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})" for k, v in given.items()
-             if tuple(v.shape) != tuple(own[k].shape)]
+        raise UserError(
+            f"{what} {path} holds parameter(s) this network does not have: "
+            f"{_key_list(unexpected)}; it is not the expected file, get the right one as described "
+            f"in {README_HINT}."
+        )
+    wrong = [
+        f"{k} {tuple(v.shape)} (expected {tuple(own[k].shape)})"
+        for k, v in given.items()
+        if tuple(v.shape) != tuple(own[k].shape)
+    ]
     if wrong:
-        raise UserError(f"{what} {path} has mis-shaped parameter(s) {_key_list(wrong)}; it is not the expected "
-                        f"file, get the right one as described in {README_HINT}.")
+        raise UserError(
+            f"{what} {path} has mis-shaped parameter(s) {_key_list(wrong)}; it is not the expected "
+            f"file, get the right one as described in {README_HINT}."
+        )
     result = model.load_state_dict(given, strict=False)
     leftover = [k for k in result.missing_keys if not skipped(k) and not k.endswith(_IGNORED_SUFFIX)]
     assert not leftover and not result.unexpected_keys, (leftover, result.unexpected_keys)
@@ -185,20 +196,26 @@ def _read_numpy_pickle(path, what):
     """(object, sha256) of a pickle of numpy arrays, through the restricted unpickler."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise UserError(f"{what} {path} not found; download it as described in {README_HINT} "
-                        f"(or pass --pretrained none to train from scratch).")
+        raise UserError(
+            f"{what} {path} not found; download it as described in {README_HINT} "
+            f"(or pass --pretrained none to train from scratch)."
+        )
     with open(path, "rb") as handle:
         data = handle.read()
     sha256 = hashlib.sha256(data).hexdigest()
     try:
         obj = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
     except _RefusedGlobal as exc:
-        raise UserError(f"The safe loader refuses to load {path}: it asks to run {exc.qualname}, which a pickle "
-                        f"of numpy arrays never needs, so it may be malicious; use the genuine file described in "
-                        f"{README_HINT}.") from None
+        raise UserError(
+            f"The safe loader refuses to load {path}: it asks to run {exc.qualname}, which a pickle "
+            f"of numpy arrays never needs, so it may be malicious; use the genuine file described in "
+            f"{README_HINT}."
+        ) from None
     except Exception as exc:  # noqa: BLE001 -- any decoding failure means a corrupt or foreign file
-        raise UserError(f"{what} {path} is not a readable pickle of numpy arrays ({type(exc).__name__}: {exc}); "
-                        f"download it again as described in {README_HINT}.") from None
+        raise UserError(
+            f"{what} {path} is not a readable pickle of numpy arrays ({type(exc).__name__}: {exc}); "
+            f"download it again as described in {README_HINT}."
+        ) from None
     return obj, sha256
 
 
@@ -213,14 +230,19 @@ def load_vggface2_weights(model: nn.Module, path: str) -> str:
     what = "VGGFace2 weight file"
     obj, sha256 = _read_numpy_pickle(path, what)
     if not isinstance(obj, dict):
-        raise UserError(f"{what} {path} holds a {type(obj).__name__}, not a dict of parameter arrays; "
-                        f"get resnet50_ft_weight.pkl as described in {README_HINT}.")
+        raise UserError(
+            f"{what} {path} holds a {type(obj).__name__}, not a dict of parameter arrays; "
+            f"get resnet50_ft_weight.pkl as described in {README_HINT}."
+        )
     tensors = {}
     for key, value in obj.items():
         if not isinstance(value, (np.ndarray, np.generic)) or not (
-                np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_):
-            raise UserError(f"{what} {path}: entry {key!r} is a {type(value).__name__}, not a numeric array; "
-                            f"get resnet50_ft_weight.pkl as described in {README_HINT}.")
+            np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_
+        ):
+            raise UserError(
+                f"{what} {path}: entry {key!r} is a {type(value).__name__}, not a numeric array; "
+                f"get resnet50_ft_weight.pkl as described in {README_HINT}."
+            )
         tensors[str(key)] = torch.from_numpy(np.ascontiguousarray(value))
     _check_against_model(model, tensors, path, what)
     return sha256
@@ -250,26 +272,33 @@ def load_torchvision_weights(model: nn.Module, path: str, what: str = "backbone 
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{what} {path} is not a plain tensor checkpoint and is refused for safety ({first}); "
-                        f"use the genuine file described in {README_HINT}.") from None
+        raise UserError(
+            f"{what} {path} is not a plain tensor checkpoint and is refused for safety ({first}); "
+            f"use the genuine file described in {README_HINT}."
+        ) from None
     except Exception as exc:  # noqa: BLE001 -- truncated zip, wrong format, ...
-        raise UserError(f"{what} {path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc}); "
-                        f"download it again as described in {README_HINT}.") from None
+        raise UserError(
+            f"{what} {path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc}); "
+            f"download it again as described in {README_HINT}."
+        ) from None
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not state:
-        raise UserError(f"{what} {path} has no 'state_dict' of parameters; use the genuine file described in "
-                        f"{README_HINT}.")
+        raise UserError(
+            f"{what} {path} has no 'state_dict' of parameters; use the genuine file described in {README_HINT}."
+        )
     head = _head_name(model) + "."
     tensors = {}
     for key, value in state.items():
         key = str(key)
         if key.startswith("module."):
-            key = key[len("module."):]
+            key = key[len("module.") :]
         if key.startswith(head):
             continue
         if not isinstance(value, torch.Tensor):
-            raise UserError(f"{what} {path}: entry {key!r} is a {type(value).__name__}, not a tensor; use the "
-                            f"genuine file described in {README_HINT}.")
+            raise UserError(
+                f"{what} {path}: entry {key!r} is a {type(value).__name__}, not a tensor; use the "
+                f"genuine file described in {README_HINT}."
+            )
         tensors[key] = value
     _check_against_model(model, tensors, path, what, skip_prefixes=(head,))
     return sha256_file(path)
@@ -300,19 +329,39 @@ class BackboneSpec:
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "vggface2_resnet50": BackboneSpec(vggface2_resnet50, load_vggface2_weights, 2048, bgr=True,
-                                      weights="resnet50_ft_weight.pkl",
-                                      description="VGGFace2 ResNet-50 (v1), the conceptual pathway's encoders"),
-    "resnet18": BackboneSpec(msceleb_resnet18, load_msceleb_weights, 512, weights="resnet18_msceleb.pth",
-                             description="MS-Celeb-1M ResNet-18, the paper's perceptual network"),
-    "resnet34": BackboneSpec(lambda: tv.resnet34(weights=None), load_torchvision_weights, 512,
-                             description="torchvision ResNet-34"),
-    "resnet50": BackboneSpec(lambda: tv.resnet50(weights=None), load_torchvision_weights, 2048,
-                             description="torchvision ResNet-50 (v1.5)"),
-    "mobilenet_v3_large": BackboneSpec(lambda: tv.mobilenet_v3_large(weights=None), load_torchvision_weights, 960,
-                                       description="torchvision MobileNetV3-Large"),
-    "efficientnet_b0": BackboneSpec(lambda: tv.efficientnet_b0(weights=None), load_torchvision_weights, 1280,
-                                    description="torchvision EfficientNet-B0"),
+    "vggface2_resnet50": BackboneSpec(
+        vggface2_resnet50,
+        load_vggface2_weights,
+        2048,
+        bgr=True,
+        weights="resnet50_ft_weight.pkl",
+        description="VGGFace2 ResNet-50 (v1), the conceptual pathway's encoders",
+    ),
+    "resnet18": BackboneSpec(
+        msceleb_resnet18,
+        load_msceleb_weights,
+        512,
+        weights="resnet18_msceleb.pth",
+        description="MS-Celeb-1M ResNet-18, the paper's perceptual network",
+    ),
+    "resnet34": BackboneSpec(
+        lambda: tv.resnet34(weights=None), load_torchvision_weights, 512, description="torchvision ResNet-34"
+    ),
+    "resnet50": BackboneSpec(
+        lambda: tv.resnet50(weights=None), load_torchvision_weights, 2048, description="torchvision ResNet-50 (v1.5)"
+    ),
+    "mobilenet_v3_large": BackboneSpec(
+        lambda: tv.mobilenet_v3_large(weights=None),
+        load_torchvision_weights,
+        960,
+        description="torchvision MobileNetV3-Large",
+    ),
+    "efficientnet_b0": BackboneSpec(
+        lambda: tv.efficientnet_b0(weights=None),
+        load_torchvision_weights,
+        1280,
+        description="torchvision EfficientNet-B0",
+    ),
 }
 PERCEPT_BACKBONES = tuple(name for name in BACKBONES if name != "vggface2_resnet50")
 
@@ -341,6 +390,8 @@ def default_weights(name: str) -> str:
     UserError asking for ``--pretrained PATH`` or ``--pretrained none``."""
     spec = backbone_spec(name)
     if spec.weights is None:
-        raise UserError(f"--backbone {name} has no default weight file; pass --pretrained PATH (a torchvision-layout "
-                        f"state dict) or --pretrained none to train from scratch.")
+        raise UserError(
+            f"--backbone {name} has no default weight file; pass --pretrained PATH (a torchvision-layout "
+            f"state dict) or --pretrained none to train from scratch."
+        )
     return os.path.join("pretrained", spec.weights)

@@ -1,4 +1,5 @@
 """The conceptual pathway (docs/method.md, stage 1): emotion encoder, non-emotion encoder, confidence classifier."""
+
 import math
 
 import torch
@@ -24,8 +25,9 @@ class Encoder(nn.Module):
     on BGR); the data pipeline is RGB everywhere.
     """
 
-    def __init__(self, backbone: nn.Module, feat_dim_in: int = 2048, dim: int = 256, dropout: float = 0.4,
-                 flip_bgr: bool = True):
+    def __init__(
+        self, backbone: nn.Module, feat_dim_in: int = 2048, dim: int = 256, dropout: float = 0.4, flip_bgr: bool = True
+    ):
         super().__init__()
         self.backbone = backbone
         self.flip_bgr = flip_bgr
@@ -93,8 +95,15 @@ class ConceptNet(nn.Module):
 
     BACKBONE = "vggface2_resnet50"
 
-    def __init__(self, num_classes: int, pretrained: str | None = None, nonemotion_bn_update: bool = False,
-                 dim: int = 256, dropout: float = 0.4, classifier_input: str = "scaled"):
+    def __init__(
+        self,
+        num_classes: int,
+        pretrained: str | None = None,
+        nonemotion_bn_update: bool = False,
+        dim: int = 256,
+        dropout: float = 0.4,
+        classifier_input: str = "scaled",
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.nonemotion_bn_update = nonemotion_bn_update
@@ -133,8 +142,10 @@ def load_concept_checkpoint(path: str) -> dict:
     checkpoint = load_checkpoint(path, "concept checkpoint")
     meta = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
     if not meta or meta.get("model") != "ConceptNet":
-        raise UserError(f"{path} is not a stage-1 (main_concept.py) checkpoint; pass --concept_ckpt "
-                        f"output/concept/checkpoint-best.pth or your stage-1 output.")
+        raise UserError(
+            f"{path} is not a stage-1 (main_concept.py) checkpoint; pass --concept_ckpt "
+            f"output/concept/checkpoint-best.pth or your stage-1 output."
+        )
     return checkpoint
 
 

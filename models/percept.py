@@ -1,4 +1,5 @@
 """The perceptual network (docs/method.md, stage 3), optionally with the VAD head of the second system."""
+
 import math
 
 import torch
@@ -27,9 +28,17 @@ class PerceptNet(nn.Module):
     code); see :func:`models.concept.classifier_input_scale`.
     """
 
-    def __init__(self, num_classes: int, pretrained: str | None = None, vad: bool = False,
-                 backbone: str = "resnet18", dim: int = 256, hidden: int = 128, dropout: float = 0.4,
-                 classifier_input: str = "scaled"):
+    def __init__(
+        self,
+        num_classes: int,
+        pretrained: str | None = None,
+        vad: bool = False,
+        backbone: str = "resnet18",
+        dim: int = 256,
+        hidden: int = 128,
+        dropout: float = 0.4,
+        classifier_input: str = "scaled",
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.vad = vad
@@ -39,8 +48,9 @@ class PerceptNet(nn.Module):
 
         self.encoder = Encoder(features, spec.width, dim, dropout, flip_bgr=spec.bgr)
         self.classifier = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
-        self.vad_head = (nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 3))
-                         if vad else None)
+        self.vad_head = (
+            nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 3)) if vad else None
+        )
         self.vad_input_scale = math.sqrt(dim)
         self.classifier_input_scale = classifier_input_scale(classifier_input, dim)
 

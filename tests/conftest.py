@@ -1,4 +1,5 @@
 """Shared fixtures: a small synthetic face dataset and helpers to run the stage scripts."""
+
 import json
 import os
 import subprocess
@@ -16,22 +17,43 @@ SIZE = 32  # input size of every pipeline test
 def faces(tmp_path_factory):
     """7 classes x 8 train / 3 test images at 36 px, plus the FER2013-VAD CSV (both layouts)."""
     out = tmp_path_factory.mktemp("faces") / "faces"
-    make_dataset(str(out), seed=0, size=36, train_per_class=8, test_per_class=3, fer2013=True,
-                 fer_train_per_class=12, fer_test_per_class=4)
+    make_dataset(
+        str(out),
+        seed=0,
+        size=36,
+        train_per_class=8,
+        test_per_class=3,
+        fer2013=True,
+        fer_train_per_class=12,
+        fer_test_per_class=4,
+    )
     return out
 
 
 def run_script(script, args, cwd=REPO, env=None, timeout=600):
     """Run a stage script as a user would, in a fresh interpreter."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": REPO, **(env or {})}
-    return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, script), *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def torchrun(script, args, nproc=2, timeout=600, env=None):
     """``torchrun --standalone --nproc_per_node=N script args`` on CPU."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           os.path.join(REPO, script), *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        os.path.join(REPO, script),
+        *map(str, args),
+    ]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, **(env or {})}
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 
@@ -84,7 +106,11 @@ def assert_no_output(output_dir):
     """Nothing a run writes is there: the folder is absent or holds no checkpoint, log, table or JSON."""
     if not os.path.exists(output_dir):
         return
-    written = [os.path.join(folder, name) for folder, _, names in os.walk(output_dir) for name in names
-               if name.endswith((".pth", ".pt", ".jsonl", ".json", ".csv", ".txt", ".png", ".tmp"))
-               or name.startswith("events.out.tfevents")]
+    written = [
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(output_dir)
+        for name in names
+        if name.endswith((".pth", ".pt", ".jsonl", ".json", ".csv", ".txt", ".png", ".tmp"))
+        or name.startswith("events.out.tfevents")
+    ]
     assert not written, written

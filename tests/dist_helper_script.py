@@ -1,4 +1,5 @@
 """Run under torchrun by tests/test_distributed.py: exercises utils/distributed.py for real."""
+
 import json
 import sys
 
@@ -22,8 +23,17 @@ def main(out_path, dataset_len):
     print("only rank 0 prints this")
     if du.is_main_process():
         with open(out_path, "w") as handle:
-            json.dump({"world": world, "backend": torch.distributed.get_backend(), "sum": total.item(),
-                       "counts": counts.tolist(), "gathered": gathered, "seeds": seeds}, handle)
+            json.dump(
+                {
+                    "world": world,
+                    "backend": torch.distributed.get_backend(),
+                    "sum": total.item(),
+                    "counts": counts.tolist(),
+                    "gathered": gathered,
+                    "seeds": seeds,
+                },
+                handle,
+            )
     du.cleanup()
 
 

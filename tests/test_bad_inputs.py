@@ -4,13 +4,13 @@ thing and the fix, exit code 2, no traceback, and nothing written; --skip_bad_im
 Most runs call the script's ``main`` in this interpreter (``run_inprocess``): they stop before training,
 so an interpreter start-up would be most of their cost. One run of each kind goes through a real process.
 """
+
 import io
 import shutil
 
 import pytest
-from PIL import Image
-
 from conftest import SIZE, assert_no_output, assert_user_error, read_log, run_inprocess, run_script
+from PIL import Image
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
@@ -18,9 +18,30 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 def args_for(script, train, test, out, *extra):
     """One epoch of stage 1, or of stage 3 as a plain ResNet-18 (the fastest stage), from scratch."""
     plain = ["--concept_target", "none"] if script == "main_percept.py" else []
-    return ["--data_path", train, "--eval_data_path", test, "--pretrained", "none", *plain, "--epochs", 1,
-            "--output_dir", out, "--norm_cache", out.parent / "cache", "--input_size", SIZE, "--batch_size", 8,
-            "--device", "cpu", "--num_workers", 0, *extra]
+    return [
+        "--data_path",
+        train,
+        "--eval_data_path",
+        test,
+        "--pretrained",
+        "none",
+        *plain,
+        "--epochs",
+        1,
+        "--output_dir",
+        out,
+        "--norm_cache",
+        out.parent / "cache",
+        "--input_size",
+        SIZE,
+        "--batch_size",
+        8,
+        "--device",
+        "cpu",
+        "--num_workers",
+        0,
+        *extra,
+    ]
 
 
 def truncated_jpeg(path, source):
@@ -28,7 +49,7 @@ def truncated_jpeg(path, source):
     buffer = io.BytesIO()
     Image.open(source).convert("RGB").save(buffer, format="JPEG", quality=95)
     data = buffer.getvalue()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
     with pytest.raises(OSError):  # really unreadable, not merely odd
         Image.open(path).load()
 
@@ -51,8 +72,9 @@ def test_unreadable_image_is_named_and_nothing_is_written(data, tmp_path, capfd)
     bad = train / "happy" / "happy_cut.jpg"
     truncated_jpeg(bad, train / "happy" / "happy_00000.png")
     # a real process, the image read by a DataLoader worker process: the worker's traceback stays hidden
-    proc = run_script("main_percept.py", args_for("main_percept.py", train, test, out, "--num_workers", 1),
-                      env=ONE_THREAD)
+    proc = run_script(
+        "main_percept.py", args_for("main_percept.py", train, test, out, "--num_workers", 1), env=ONE_THREAD
+    )
     assert_user_error(proc, f"cannot read image {bad}", "--skip_bad_images")
     bad.unlink()
     bad = train / "sad" / "sad_notes.jpg"
@@ -72,7 +94,9 @@ def test_skip_bad_images_completes_and_counts_them(data, tmp_path):
     text_jpeg(train / "sad" / "sad_notes.jpg")
     text_jpeg(test / "neutral" / "neutral_notes.jpg")
     out = tmp_path / "out"
-    proc = run_script("main_percept.py", args_for("main_percept.py", train, test, out, "--skip_bad_images"), env=ONE_THREAD)
+    proc = run_script(
+        "main_percept.py", args_for("main_percept.py", train, test, out, "--skip_bad_images"), env=ONE_THREAD
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = read_log(out)[0]
     assert record["train_skipped_images"] == 2 and record["eval_skipped_images"] == 1
@@ -113,8 +137,18 @@ def test_absurd_flag_is_refused_before_anything_is_written(script, flag, value, 
     out = tmp_path / "out"
     args = args_for(script, faces / "train", faces / "test", out, flag, value)
     if script == "high_confidence.py":
-        args = ["--concept_ckpt", tmp_path / "checkpoint-best.pth", "--data_path", faces / "train", "--output_dir",
-                out, "--device", "cpu", flag, value]
+        args = [
+            "--concept_ckpt",
+            tmp_path / "checkpoint-best.pth",
+            "--data_path",
+            faces / "train",
+            "--output_dir",
+            out,
+            "--device",
+            "cpu",
+            flag,
+            value,
+        ]
     proc = run_inprocess(script, args, capfd)
     assert_user_error(proc, message)
     assert_no_output(out)

@@ -1,4 +1,5 @@
 """Dataset converters on tiny inputs in the real RAF-DB, FERPlus and AffectNet formats."""
+
 import os
 import subprocess
 import sys
@@ -15,8 +16,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_cli(script, *args):
-    return subprocess.run([sys.executable, os.path.join(REPO, "tools", script), *map(str, args)],
-                          capture_output=True, text=True, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", script), *map(str, args)], capture_output=True, text=True, cwd=REPO
+    )
 
 
 def assert_user_error(result, *words):
@@ -49,8 +51,15 @@ def listing(root):
 
 
 # --------------------------------------------------------------------------- RAF-DB
-RAFDB_LINES = {"train_00001.jpg": 5, "train_00002.jpg": 1, "train_00003.jpg": 4, "test_0001.jpg": 7,
-               "test_0002.jpg": 6, "test_0003.jpg": 2, "train_00004.jpg": 3}
+RAFDB_LINES = {
+    "train_00001.jpg": 5,
+    "train_00002.jpg": 1,
+    "train_00003.jpg": 4,
+    "test_0001.jpg": 7,
+    "test_0002.jpg": 6,
+    "test_0003.jpg": 2,
+    "train_00004.jpg": 3,
+}
 
 
 @pytest.fixture
@@ -58,7 +67,8 @@ def rafdb_root(tmp_path):
     root = tmp_path / "RAF-DB" / "basic"
     (root / "EmoLabel").mkdir(parents=True)
     (root / "EmoLabel" / "list_patition_label.txt").write_text(
-        "".join(f"{name} {code}\n" for name, code in RAFDB_LINES.items()))
+        "".join(f"{name} {code}\n" for name, code in RAFDB_LINES.items())
+    )
     for k, name in enumerate(RAFDB_LINES):
         save_image(str(root / "Image" / "aligned" / name.replace(".jpg", "_aligned.jpg")), 30 * k)
     return root
@@ -142,13 +152,19 @@ FERPLUS_ROWS = [
 def ferplus_files(folder, rows=FERPLUS_ROWS, bad_pixels_row=None):
     """fer2013.csv (row i has every pixel = 10 * i) and an aligned fer2013new.csv."""
     os.makedirs(folder, exist_ok=True)
-    fer = pd.DataFrame({"emotion": [0] * len(rows),
-                        "pixels": [" ".join([str(10 * i)] * 2304) for i in range(len(rows))],
-                        "Usage": [r[0] for r in rows]})
+    fer = pd.DataFrame(
+        {
+            "emotion": [0] * len(rows),
+            "pixels": [" ".join([str(10 * i)] * 2304) for i in range(len(rows))],
+            "Usage": [r[0] for r in rows],
+        }
+    )
     if bad_pixels_row is not None:
         fer.loc[bad_pixels_row, "pixels"] = "1 2 3"
-    new = pd.DataFrame([{"Usage": r[0], "Image name": r[1], **{c: r[2].get(c, 0) for c in VOTES}} for r in rows],
-                       columns=["Usage", "Image name"] + VOTES)
+    new = pd.DataFrame(
+        [{"Usage": r[0], "Image name": r[1], **{c: r[2].get(c, 0) for c in VOTES}} for r in rows],
+        columns=["Usage", "Image name"] + VOTES,
+    )
     fer_path, new_path = os.path.join(folder, "fer2013.csv"), os.path.join(folder, "fer2013new.csv")
     fer.to_csv(fer_path, index=False)
     new.to_csv(new_path, index=False)
@@ -156,16 +172,27 @@ def ferplus_files(folder, rows=FERPLUS_ROWS, bad_pixels_row=None):
 
 
 def test_ferplus_header_matches_the_real_file():
-    assert VOTES == ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
-                     "unknown", "NF"]
+    assert VOTES == [
+        "neutral",
+        "happiness",
+        "surprise",
+        "sadness",
+        "anger",
+        "disgust",
+        "fear",
+        "contempt",
+        "unknown",
+        "NF",
+    ]
 
 
 @pytest.mark.parametrize("num_classes", [8, 7])
 def test_ferplus_majority_vote(tmp_path, num_classes):
     fer_path, new_path = ferplus_files(tmp_path / "in")
     out = tmp_path / "out"
-    result = run_cli("prepare_ferplus.py", "--fer2013", fer_path, "--ferplus", new_path, "--out", out,
-                     "--classes", num_classes)
+    result = run_cli(
+        "prepare_ferplus.py", "--fer2013", fer_path, "--ferplus", new_path, "--out", out, "--classes", num_classes
+    )
     assert result.returncode == 0, result.stderr
     classes = CLASSES_8 if num_classes == 8 else CLASSES_7
     assert sorted(os.listdir(out)) == ["test", "train", "val"]
@@ -198,8 +225,9 @@ def test_ferplus_majority_label_unit():
 
 def test_ferplus_missing_file(tmp_path):
     fer_path, _ = ferplus_files(tmp_path / "in")
-    result = run_cli("prepare_ferplus.py", "--fer2013", fer_path, "--ferplus", tmp_path / "nope.csv",
-                     "--out", tmp_path / "out")
+    result = run_cli(
+        "prepare_ferplus.py", "--fer2013", fer_path, "--ferplus", tmp_path / "nope.csv", "--out", tmp_path / "out"
+    )
     assert_user_error(result, "nope.csv")
     assert_nothing_left(tmp_path)
 
@@ -214,17 +242,28 @@ def test_ferplus_misaligned_rows(tmp_path):
 
 def test_ferplus_bad_pixels_mid_write_leaves_nothing(tmp_path):
     fer_path, new_path = ferplus_files(tmp_path / "in", bad_pixels_row=9)
-    result = run_cli("prepare_ferplus.py", "--fer2013", fer_path, "--ferplus", new_path, "--out",
-                     tmp_path / "deep" / "out")
+    result = run_cli(
+        "prepare_ferplus.py", "--fer2013", fer_path, "--ferplus", new_path, "--out", tmp_path / "deep" / "out"
+    )
     assert_user_error(result, "line 11")
     assert not (tmp_path / "deep").exists()
 
 
 # --------------------------------------------------------------------------- AffectNet
 # (id, code as stored, split); codes 8, 9, 10 are dropped, 7 (contempt) only with 7 classes.
-NPY_ITEMS = [("0", "1", "train"), ("1", 6, "train"), ("2", "7", "train"), ("3", "8", "train"), ("4", 9, "train"),
-             ("5", "10", "train"), ("6", "0", "val"), ("7", 3, "val"), ("8", "5", "val"), ("9", "4", "val"),
-             ("10", "2", "val")]
+NPY_ITEMS = [
+    ("0", "1", "train"),
+    ("1", 6, "train"),
+    ("2", "7", "train"),
+    ("3", "8", "train"),
+    ("4", 9, "train"),
+    ("5", "10", "train"),
+    ("6", "0", "val"),
+    ("7", 3, "val"),
+    ("8", "5", "val"),
+    ("9", "4", "val"),
+    ("10", "2", "val"),
+]
 
 
 def affectnet_npy(root):
@@ -277,10 +316,15 @@ def test_affectnet_npy_missing_image_and_skip(tmp_path):
 
 
 # (subDirectory_filePath, face box, expression, split)
-CSV_ITEMS = [("100/a.jpg", (2, 3, 20, 15), 1, "train"), ("100/b.jpg", (0, 0, 30, 30), 7, "train"),
-             ("101/c.png", (5, 5, 10, 12), 8, "train"), ("101/d.jpg", (1, 1, 8, 9), 6, "train"),
-             ("102/e.jpg", (4, 2, 16, 16), 0, "val"), ("102/f.jpg", (0, 0, 10, 10), 10, "val"),
-             ("103/g.jpg", (3, 3, 12, 14), 4, "val")]
+CSV_ITEMS = [
+    ("100/a.jpg", (2, 3, 20, 15), 1, "train"),
+    ("100/b.jpg", (0, 0, 30, 30), 7, "train"),
+    ("101/c.png", (5, 5, 10, 12), 8, "train"),
+    ("101/d.jpg", (1, 1, 8, 9), 6, "train"),
+    ("102/e.jpg", (4, 2, 16, 16), 0, "val"),
+    ("102/f.jpg", (0, 0, 10, 10), 10, "val"),
+    ("103/g.jpg", (3, 3, 12, 14), 4, "val"),
+]
 
 
 def affectnet_csv(root, validation_header=False, code_override=None):
@@ -294,8 +338,9 @@ def affectnet_csv(root, validation_header=False, code_override=None):
         frames[split].append([rel, x, y, w, h, "1.0;2.0", code, 0.1, -0.2])
     columns = prepare_affectnet.CSV_COLUMNS
     pd.DataFrame(frames["train"], columns=columns).to_csv(os.path.join(root, "training.csv"), index=False)
-    pd.DataFrame(frames["val"], columns=columns).to_csv(os.path.join(root, "validation.csv"), index=False,
-                                                        header=validation_header)
+    pd.DataFrame(frames["val"], columns=columns).to_csv(
+        os.path.join(root, "validation.csv"), index=False, header=validation_header
+    )
     return root
 
 
@@ -307,9 +352,13 @@ def test_affectnet_csv_form_with_crop(tmp_path, validation_header):
     assert result.returncode == 0, result.stderr
     assert "csv" in result.stdout
     found = {k: v for k, v in listing(out).items() if v}
-    assert found == {"train/happy": ["100_a.jpg"], "train/anger": ["101_d.jpg"], "val/neutral": ["102_e.jpg"],
-                     "val/fear": ["103_g.jpg"]}
-    for rel, (x, y, w, h), code, split in CSV_ITEMS:
+    assert found == {
+        "train/happy": ["100_a.jpg"],
+        "train/anger": ["101_d.jpg"],
+        "val/neutral": ["102_e.jpg"],
+        "val/fear": ["103_g.jpg"],
+    }
+    for rel, (_x, _y, w, h), code, split in CSV_ITEMS:
         name = AFFECTNET_CODES.get(code)
         flat = rel.replace("/", "_")
         if f"{split}/{name}" in found:
@@ -321,8 +370,13 @@ def test_affectnet_csv_form_8_classes_without_crop(tmp_path):
     out = tmp_path / "out"
     prepare_affectnet.convert(root, str(out), num_classes=8)
     found = {k: v for k, v in listing(out).items() if v}
-    assert found == {"train/happy": ["100_a.jpg"], "train/contempt": ["100_b.jpg"], "train/anger": ["101_d.jpg"],
-                     "val/neutral": ["102_e.jpg"], "val/fear": ["103_g.jpg"]}
+    assert found == {
+        "train/happy": ["100_a.jpg"],
+        "train/contempt": ["100_b.jpg"],
+        "train/anger": ["101_d.jpg"],
+        "val/neutral": ["102_e.jpg"],
+        "val/fear": ["103_g.jpg"],
+    }
     assert Image.open(out / "train" / "happy" / "100_a.jpg").size == (40, 36)
 
 
@@ -343,9 +397,9 @@ def test_affectnet_unreadable_image_mid_write_leaves_nothing(tmp_path):
 
 
 def test_affectnet_missing_root_and_unknown_layout(tmp_path):
-    assert_user_error(run_cli("prepare_affectnet.py", "--root", tmp_path / "nope", "--out", tmp_path / "out"),
-                      "nope")
+    assert_user_error(run_cli("prepare_affectnet.py", "--root", tmp_path / "nope", "--out", tmp_path / "out"), "nope")
     (tmp_path / "empty").mkdir()
-    assert_user_error(run_cli("prepare_affectnet.py", "--root", tmp_path / "empty", "--out", tmp_path / "out"),
-                      "train_set")
+    assert_user_error(
+        run_cli("prepare_affectnet.py", "--root", tmp_path / "empty", "--out", tmp_path / "out"), "train_set"
+    )
     assert_nothing_left(tmp_path)

@@ -1,5 +1,6 @@
 """The data layer: every format on files written in its real layout, label orders, transforms,
 normalisation statistics against a hand computation, and user mistakes as one clear sentence."""
+
 import os
 
 import numpy as np
@@ -8,8 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset_concept import (Fer2013Csv, RafDbList, build_dataset, build_transform, collate_skip_none,
-                             compute_norm_stats, make_loader, norm_stats, resize_size)
+from dataset_concept import (
+    Fer2013Csv,
+    RafDbList,
+    build_dataset,
+    build_transform,
+    collate_skip_none,
+    compute_norm_stats,
+    make_loader,
+    norm_stats,
+    resize_size,
+)
 from utils.errors import UserError, user_message
 from utils.labels import CLASSES_7, FER2013_CODES, RAFDB_CODES, code_to_label
 
@@ -17,8 +27,11 @@ from utils.labels import CLASSES_7, FER2013_CODES, RAFDB_CODES, code_to_label
 def write_image(path, size=(20, 16), value=None, seed=0):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     rng = np.random.default_rng(seed)
-    array = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8) if value is None \
+    array = (
+        rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+        if value is None
         else np.full((size[1], size[0], 3), value, dtype=np.uint8)
+    )
     Image.fromarray(array).save(path)
     return array
 
@@ -55,7 +68,7 @@ def test_eval_transform_is_resize_then_center_crop():
     out = build_transform(False, 56, [0.0] * 3, [1.0] * 3)(image)
     resized = np.array(image.resize((64, 64)))  # Resize(64) keeps a 64-px square
     offset = (64 - 56) // 2
-    expected = torch.from_numpy(resized[offset:offset + 56, offset:offset + 56]).permute(2, 0, 1).float() / 255
+    expected = torch.from_numpy(resized[offset : offset + 56, offset : offset + 56]).permute(2, 0, 1).float() / 255
     assert torch.allclose(out, expected)
 
 
@@ -145,9 +158,11 @@ def test_fer2013_missing_vad_is_named_or_skipped(tmp_path):
 
 
 def test_norm_stats_match_hand_computation(tmp_path):
-    arrays = [write_image(str(tmp_path / "d" / "a" / "0.png"), size=(20, 16), seed=1),
-              write_image(str(tmp_path / "d" / "a" / "1.png"), size=(12, 30), seed=2),
-              write_image(str(tmp_path / "d" / "b" / "0.png"), size=(8, 8), value=200)]
+    arrays = [
+        write_image(str(tmp_path / "d" / "a" / "0.png"), size=(20, 16), seed=1),
+        write_image(str(tmp_path / "d" / "a" / "1.png"), size=(12, 30), seed=2),
+        write_image(str(tmp_path / "d" / "b" / "0.png"), size=(8, 8), value=200),
+    ]
     ds = build_dataset("folder", str(tmp_path / "d"), "train")
     means = np.mean([a.reshape(-1, 3).mean(0) / 255 for a in arrays], axis=0)
     stds = np.mean([(a.reshape(-1, 3) / 255).std(0) for a in arrays], axis=0)

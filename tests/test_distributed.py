@@ -1,4 +1,5 @@
 """A real two-process torchrun on CPU (gloo) through utils/distributed.py."""
+
 import json
 import os
 import subprocess

@@ -1,4 +1,5 @@
 """Losses of utils/losses.py against values computed by hand (python floats / numpy transcriptions)."""
+
 import math
 
 import numpy as np
@@ -39,7 +40,7 @@ def test_orthogonality_value_by_hand():
     got = orthogonality_loss(torch.tensor(e, dtype=torch.float64), torch.tensor(n, dtype=torch.float64))
     assert got.item() == pytest.approx(expected, rel=1e-12)
     # Numbers in the clear: M ≈ [[0.7071, 0.6+0.7071], [0, 0.8]].
-    assert expected == pytest.approx((0.5 + (0.6 + 0.5 ** 0.5) ** 2 + 0.64) / 4, rel=1e-5)
+    assert expected == pytest.approx((0.5 + (0.6 + 0.5**0.5) ** 2 + 0.64) / 4, rel=1e-5)
 
 
 def test_orthogonality_gradient_uses_detached_norm():
@@ -94,8 +95,7 @@ def test_focal_loss_rejects_wrong_alpha_length():
 
 def test_focal_alpha_from_counts_rafdb():
     names = CLASSES_7
-    counts = {"anger": 705, "disgust": 717, "fear": 281, "happy": 4772, "neutral": 2524, "sad": 1982,
-              "surprise": 1290}
+    counts = {"anger": 705, "disgust": 717, "fear": 281, "happy": 4772, "neutral": 2524, "sad": 1982, "surprise": 1290}
     alpha = focal_alpha_from_counts([counts[c] for c in names])
     assert names[int(np.argmin(alpha))] == "happy"
     assert names[int(np.argmax(alpha))] == "fear"
@@ -219,11 +219,11 @@ def test_supcon_standard_hand_loop():
     y = [0, 0, 1, 1, 2]  # sample 4 is alone in its class: no positive, left out of the mean
     feats = torch.tensor(f, dtype=torch.float64)
     expected = _hand_supcon_standard(f, y, 3, 0.1, 0.07)
-    got = class_weighted_supcon(feats, torch.tensor(y), 3, temperature=0.1, base_temperature=0.07,
-                                mode="standard")
+    got = class_weighted_supcon(feats, torch.tensor(y), 3, temperature=0.1, base_temperature=0.07, mode="standard")
     assert got.item() == pytest.approx(expected, rel=1e-12)
-    naive = class_weighted_supcon_naive(feats, torch.tensor(y), 3, temperature=0.1, base_temperature=0.07,
-                                        mode="standard")
+    naive = class_weighted_supcon_naive(
+        feats, torch.tensor(y), 3, temperature=0.1, base_temperature=0.07, mode="standard"
+    )
     assert naive.item() == pytest.approx(expected, rel=1e-12)
 
 
@@ -235,13 +235,16 @@ def test_supcon_standard_without_positives_is_graph_safe_zero():
     assert torch.all(feats.grad == 0)
 
 
-@pytest.mark.parametrize("b,d,chunks", [
-    (3, 2, [1, 5, 6, 7]),
-    (4, 3, [1, 4, 5, 11, 12]),      # N = 12: chunk dividing N, N-1, N
-    (7, 5, [3, 8, 34, 35, 100]),    # N = 35: ragged last chunk
-    (16, 8, [None, 7, 64, 127]),
-    (64, 4, [None, 100, 255]),
-])
+@pytest.mark.parametrize(
+    "b,d,chunks",
+    [
+        (3, 2, [1, 5, 6, 7]),
+        (4, 3, [1, 4, 5, 11, 12]),  # N = 12: chunk dividing N, N-1, N
+        (7, 5, [3, 8, 34, 35, 100]),  # N = 35: ragged last chunk
+        (16, 8, [None, 7, 64, 127]),
+        (64, 4, [None, 100, 255]),
+    ],
+)
 def test_supcon_dims_chunked_matches_naive(b, d, chunks):
     gen = torch.Generator().manual_seed(b * 100 + d)
     feats = F.normalize(torch.randn(b, d, generator=gen), dim=1)
@@ -272,9 +275,11 @@ def test_supcon_dims_series_matches_chunked_and_naive(b, d, tau):
     labels = torch.randint(0, 3, (b,), generator=gen)
     assert _lse_series(feats.reshape(-1), tau) is not None  # unit-norm features take the series path
     grads, values = [], []
-    for fn in (lambda x: class_weighted_supcon(x, labels, 3, tau, 0.07),
-               lambda x: class_weighted_supcon(x, labels, 3, tau, 0.07, chunk_size=97),
-               lambda x: class_weighted_supcon_naive(x, labels, 3, tau, 0.07)):
+    for fn in (
+        lambda x: class_weighted_supcon(x, labels, 3, tau, 0.07),
+        lambda x: class_weighted_supcon(x, labels, 3, tau, 0.07, chunk_size=97),
+        lambda x: class_weighted_supcon_naive(x, labels, 3, tau, 0.07),
+    ):
         x = feats.clone().requires_grad_()
         loss = fn(x)
         loss.backward()
@@ -304,7 +309,7 @@ def test_supcon_dims_series_gradcheck_and_fallback():
 def test_supcon_default_chunk_bounded():
     n = 64 * 256
     chunk = _supcon_chunk(n, 4)
-    assert chunk * n * 4 <= 16 * 2 ** 20 and chunk >= 1
+    assert chunk * n * 4 <= 16 * 2**20 and chunk >= 1
     assert _supcon_chunk(12, 4) == 12
 
 
@@ -317,7 +322,7 @@ def _numpy_mmd(x, y, mul=2.0, num=5):
         for j in range(n):
             dist[i, j] = np.sum((total[i] - total[j]) ** 2)
     bw = dist.sum() / (n * n - n) / mul ** (num // 2)
-    k = sum(np.exp(-dist / (bw * mul ** i)) for i in range(num))
+    k = sum(np.exp(-dist / (bw * mul**i)) for i in range(num))
     b = len(x)
     return np.mean(k[:b, :b] + k[b:, b:] - k[:b, b:] - k[b:, :b]), bw
 
@@ -465,6 +470,7 @@ def test_vad_mse_value_and_no_broadcast():
 
 def test_default_focal_alphas_are_the_papers_for_rafdb_and_the_rule_elsewhere():
     from utils.objectives import resolve_focal_alpha
+
     targets = [3] * 20 + [0, 1, 2, 4, 5, 6] * 2
     auto = [float(a) for a in focal_alpha_from_counts(torch.bincount(torch.tensor(targets), minlength=7))]
     for dataset in ("folder", "rafdb"):

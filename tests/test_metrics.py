@@ -1,4 +1,5 @@
 """utils/metrics.py against scikit-learn and direct numpy computations."""
+
 import os
 import warnings
 
@@ -25,8 +26,9 @@ def test_confusion_counts_matches_sklearn_and_merges():
     y_true, y_pred = _predictions()
     full = confusion_counts(torch.tensor(y_true), torch.tensor(y_pred), 7)
     np.testing.assert_array_equal(full.numpy(), confusion_matrix(y_true, y_pred, labels=range(7)))
-    parts = confusion_counts(torch.tensor(y_true[:101]), torch.tensor(y_pred[:101]), 7) + \
-        confusion_counts(torch.tensor(y_true[101:]), torch.tensor(y_pred[101:]), 7)
+    parts = confusion_counts(torch.tensor(y_true[:101]), torch.tensor(y_pred[:101]), 7) + confusion_counts(
+        torch.tensor(y_true[101:]), torch.tensor(y_pred[101:]), 7
+    )
     assert torch.equal(parts, full)
 
 
@@ -34,8 +36,9 @@ def test_classification_summary_matches_sklearn():
     y_true, y_pred = _predictions()
     cm = confusion_matrix(y_true, y_pred, labels=range(7))
     got = classification_summary(cm, CLASSES_7)
-    report = classification_report(y_true, y_pred, labels=list(range(7)), target_names=CLASSES_7,
-                                   output_dict=True, zero_division=0)
+    report = classification_report(
+        y_true, y_pred, labels=list(range(7)), target_names=CLASSES_7, output_dict=True, zero_division=0
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
         balanced = balanced_accuracy_score(y_true, y_pred)
@@ -46,8 +49,7 @@ def test_classification_summary_matches_sklearn():
     assert got["weighted_f1"] == pytest.approx(report["weighted avg"]["f1-score"], abs=1e-12)
     assert got["total"] == 300
     for name in CLASSES_7:
-        for key, sk in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score"),
-                        ("support", "support")):
+        for key, sk in (("precision", "precision"), ("recall", "recall"), ("f1", "f1-score"), ("support", "support")):
             assert got["per_class"][name][key] == pytest.approx(report[name][sk], abs=1e-12), (name, key)
     assert got["per_class"]["sad"]["support"] == 0
     assert got["per_class"]["fear"]["precision"] == 0.0

@@ -1,4 +1,5 @@
 """Backbones, safe weight loaders, ConceptNet and PerceptNet (small inputs, CPU, a few seconds each)."""
+
 import builtins
 import collections
 import hashlib
@@ -13,13 +14,21 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from models.backbones import (BACKBONES, PERCEPT_BACKBONES, as_feature_extractor, build_backbone, default_weights,
-                              load_msceleb_weights, load_vggface2_weights, msceleb_resnet18, vggface2_resnet50)
+from models.backbones import (
+    BACKBONES,
+    PERCEPT_BACKBONES,
+    as_feature_extractor,
+    build_backbone,
+    default_weights,
+    load_msceleb_weights,
+    load_vggface2_weights,
+    msceleb_resnet18,
+    vggface2_resnet50,
+)
 from models.concept import ConceptNet, ConfidenceClassifier, Encoder
 from models.percept import PerceptNet
 from utils.checkpoint import sha256_file
 from utils.errors import UserError
-
 
 # ----------------------------------------------------------------------------------------------------
 # fake weight files in the real formats
@@ -43,6 +52,7 @@ class _Python2Pickler(pickle._Pickler):
 def _python2_style_pickle(arrays):
     """Protocol 2, byte-string keys and data, numpy 1.x module names: what Python 2 + numpy wrote."""
     import io
+
     buffer = io.BytesIO()
     _Python2Pickler(buffer, protocol=2).dump({k.encode(): v for k, v in arrays.items()})
     return buffer.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
@@ -170,8 +180,11 @@ def test_vggface2_loader_ignores_fc_after_feature_extraction(vggface2_pkl, vggfa
 @pytest.mark.parametrize("container", [dict, collections.OrderedDict])
 def test_python3_pickles_of_arrays_load_too(tmp_path, protocol, container):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
-    arrays = container((k, np.random.rand(*v.shape).astype(np.float32))
-                       for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked"))
+    arrays = container(
+        (k, np.random.rand(*v.shape).astype(np.float32))
+        for k, v in model.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    )
     path = _write_pickle(tmp_path / "w.pkl", arrays, protocol=protocol)
     load_vggface2_weights(model, path)
     for name, array in arrays.items():
@@ -550,7 +563,7 @@ def test_registry_loads_torchvision_layout_with_any_head(tmp_path, name):
     model = PerceptNet(7, pretrained=str(path), backbone=name)
     assert model.weights_sha256 == sha256_file(path)
     loaded = model.encoder.backbone.state_dict()
-    for key, value in source.state_dict().items():
+    for key in source.state_dict():
         if not key.startswith(("fc.", "classifier.")):
             assert torch.equal(loaded[key], state["module." + key]), key
     assert not model.encoder.flip_bgr

@@ -1,5 +1,6 @@
 """Stages 1 -> 2 -> 3 -> prediction on synthetic faces, in-process and under torchrun, with the
 artefacts, resume, --eval and the user-facing errors each stage promises."""
+
 import json
 import math
 import os
@@ -8,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import SIZE, assert_user_error, read_log, run_script, torchrun
+
 from dataset_concept import build_dataset, build_transform
 from models.concept import ConceptNet
 
@@ -17,8 +18,22 @@ COMMON = ["--input_size", SIZE, "--batch_size", 8, "--device", "cpu", "--num_wor
 
 
 def concept_args(faces, out, epochs=2, *extra):
-    return ["--data_path", faces / "train", "--eval_data_path", faces / "test", "--pretrained", "none",
-            "--epochs", epochs, "--output_dir", out, "--norm_cache", out.parent / "cache", *COMMON, *extra]
+    return [
+        "--data_path",
+        faces / "train",
+        "--eval_data_path",
+        faces / "test",
+        "--pretrained",
+        "none",
+        "--epochs",
+        epochs,
+        "--output_dir",
+        out,
+        "--norm_cache",
+        out.parent / "cache",
+        *COMMON,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +47,23 @@ def concept_run(faces, tmp_path_factory):
 @pytest.fixture(scope="module")
 def confidence_run(faces, concept_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("confidence") / "confidence"
-    proc = run_script("high_confidence.py", ["--concept_ckpt", concept_run[0] / "checkpoint-best.pth",
-                                             "--data_path", faces / "train", "--output_dir", out,
-                                             "--device", "cpu", "--num_workers", 0, "--batch_size", 16])
+    proc = run_script(
+        "high_confidence.py",
+        [
+            "--concept_ckpt",
+            concept_run[0] / "checkpoint-best.pth",
+            "--data_path",
+            faces / "train",
+            "--output_dir",
+            out,
+            "--device",
+            "cpu",
+            "--num_workers",
+            0,
+            "--batch_size",
+            16,
+        ],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -42,8 +71,16 @@ def confidence_run(faces, concept_run, tmp_path_factory):
 # --------------------------------------------------------------------------- stage 1
 def test_stage1_writes_every_artefact(concept_run):
     out, proc = concept_run
-    for name in ("checkpoint-best.pth", "checkpoint-last.pth", "log.jsonl", "log.csv", "config.json",
-                 "metrics.json", "confusion_matrix.csv", "confusion_matrix.png"):
+    for name in (
+        "checkpoint-best.pth",
+        "checkpoint-last.pth",
+        "log.jsonl",
+        "log.csv",
+        "config.json",
+        "metrics.json",
+        "confusion_matrix.csv",
+        "confusion_matrix.png",
+    ):
         assert (out / name).is_file(), name
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(out / "tb"))
     log = read_log(out)
@@ -64,9 +101,23 @@ def test_stage1_writes_every_artefact(concept_run):
 def test_stage1_eval_reproduces_logged_best(concept_run, faces, tmp_path):
     out, _ = concept_run
     best = max(r["eval_acc"] for r in read_log(out))
-    proc = run_script("main_concept.py", ["--eval", "--resume", out / "checkpoint-best.pth", "--data_path",
-                                          faces / "train", "--eval_data_path", faces / "test", "--output_dir",
-                                          tmp_path / "ev", "--norm_cache", out.parent / "cache", *COMMON])
+    proc = run_script(
+        "main_concept.py",
+        [
+            "--eval",
+            "--resume",
+            out / "checkpoint-best.pth",
+            "--data_path",
+            faces / "train",
+            "--eval_data_path",
+            faces / "test",
+            "--output_dir",
+            tmp_path / "ev",
+            "--norm_cache",
+            out.parent / "cache",
+            *COMMON,
+        ],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("eval:"))
     acc = float(line.split("| acc ")[1].split(" |")[0])
@@ -150,8 +201,9 @@ def test_stage2_bank_equals_fresh_forward(confidence_run, concept_run, faces):
     model = ConceptNet(len(meta["classes"]), None)
     model.load_state_dict(checkpoint["model"])
     model.eval()
-    dataset = build_dataset("folder", str(faces / "train"), "train",
-                            build_transform(False, meta["input_size"], meta["mean"], meta["std"]))
+    dataset = build_dataset(
+        "folder", str(faces / "train"), "train", build_transform(False, meta["input_size"], meta["mean"], meta["std"])
+    )
     rows = [0, 17, 55]
     images = torch.stack([dataset[i]["image"] for i in rows])
     with torch.no_grad():
@@ -166,9 +218,23 @@ def test_stage2_bank_equals_fresh_forward(confidence_run, concept_run, faces):
 
 def test_stage2_two_processes_identical(confidence_run, concept_run, faces, tmp_path):
     out = tmp_path / "conf2"
-    proc = torchrun("high_confidence.py", ["--concept_ckpt", concept_run[0] / "checkpoint-best.pth", "--data_path",
-                                           faces / "train", "--output_dir", out, "--device", "cpu",
-                                           "--num_workers", 0, "--batch_size", 16])
+    proc = torchrun(
+        "high_confidence.py",
+        [
+            "--concept_ckpt",
+            concept_run[0] / "checkpoint-best.pth",
+            "--data_path",
+            faces / "train",
+            "--output_dir",
+            out,
+            "--device",
+            "cpu",
+            "--num_workers",
+            0,
+            "--batch_size",
+            16,
+        ],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = pd.read_csv(confidence_run / "scores_train.csv"), pd.read_csv(out / "scores_train.csv")
     assert one[["path", "label", "pred"]].equals(two[["path", "label", "pred"]])
@@ -179,16 +245,40 @@ def test_stage2_two_processes_identical(confidence_run, concept_run, faces, tmp_
 
 # --------------------------------------------------------------------------- stage 3
 def percept_args(faces, concept_run, confidence_run, out, mode, epochs=1, *extra):
-    return ["--data_path", faces / "train", "--eval_data_path", faces / "test", "--pretrained", "none",
-            "--concept_ckpt", concept_run[0] / "checkpoint-best.pth", "--confidence_dir", confidence_run,
-            "--epochs", epochs, "--output_dir", out, "--norm_cache", out.parent / "cache", *COMMON, *mode, *extra]
+    return [
+        "--data_path",
+        faces / "train",
+        "--eval_data_path",
+        faces / "test",
+        "--pretrained",
+        "none",
+        "--concept_ckpt",
+        concept_run[0] / "checkpoint-best.pth",
+        "--confidence_dir",
+        confidence_run,
+        "--epochs",
+        epochs,
+        "--output_dir",
+        out,
+        "--norm_cache",
+        out.parent / "cache",
+        *COMMON,
+        *mode,
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("mode", [["--concept_target", "pool", "--pool_features", "online"],
-                                  ["--concept_target", "pool", "--pool_features", "bank"],
-                                  ["--concept_target", "self"], ["--concept_target", "none"],
-                                  ["--concept_target", "pool", "--pool_features", "bank", "--teacher_filter", "correct"]],
-                         ids=["pool-online", "pool-bank", "self", "none", "pool-bank-correct"])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        ["--concept_target", "pool", "--pool_features", "online"],
+        ["--concept_target", "pool", "--pool_features", "bank"],
+        ["--concept_target", "self"],
+        ["--concept_target", "none"],
+        ["--concept_target", "pool", "--pool_features", "bank", "--teacher_filter", "correct"],
+    ],
+    ids=["pool-online", "pool-bank", "self", "none", "pool-bank-correct"],
+)
 def test_stage3_each_concept_target(mode, faces, concept_run, confidence_run, tmp_path):
     out = tmp_path / "percept"
     proc = run_script("main_percept.py", percept_args(faces, concept_run, confidence_run, out, mode))
@@ -215,22 +305,49 @@ def test_stage3_each_concept_target(mode, faces, concept_run, confidence_run, tm
 
 def test_stage3_torchrun_eval_and_predict(faces, concept_run, confidence_run, tmp_path):
     out = tmp_path / "percept"
-    proc = torchrun("main_percept.py", percept_args(faces, concept_run, confidence_run, out, [], 2,
-                                                    "--batch_size", 4))
+    proc = torchrun("main_percept.py", percept_args(faces, concept_run, confidence_run, out, [], 2, "--batch_size", 4))
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = read_log(out)
     assert [r["epoch"] for r in log] == [0, 1]
     best = max(r["eval_acc"] for r in log)
-    proc = run_script("main_percept.py", ["--eval", "--resume", out / "checkpoint-best.pth", "--data_path",
-                                          faces / "train", "--eval_data_path", faces / "test", "--output_dir",
-                                          tmp_path / "ev", "--norm_cache", out.parent / "cache", *COMMON])
+    proc = run_script(
+        "main_percept.py",
+        [
+            "--eval",
+            "--resume",
+            out / "checkpoint-best.pth",
+            "--data_path",
+            faces / "train",
+            "--eval_data_path",
+            faces / "test",
+            "--output_dir",
+            tmp_path / "ev",
+            "--norm_cache",
+            out.parent / "cache",
+            *COMMON,
+        ],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["acc"] == pytest.approx(best, abs=1e-9)
 
     csv = tmp_path / "pred.csv"
-    proc = run_script("predict.py", ["--checkpoint", out / "checkpoint-best.pth", faces / "test" / "happy",
-                                     faces / "test" / "sad" / "sad_00000.png", "--output", csv, "--save_vis",
-                                     tmp_path / "vis", "--device", "cpu", "--num_workers", 0])
+    proc = run_script(
+        "predict.py",
+        [
+            "--checkpoint",
+            out / "checkpoint-best.pth",
+            faces / "test" / "happy",
+            faces / "test" / "sad" / "sad_00000.png",
+            "--output",
+            csv,
+            "--save_vis",
+            tmp_path / "vis",
+            "--device",
+            "cpu",
+            "--num_workers",
+            0,
+        ],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = pd.read_csv(csv)
     assert len(table) == 4 and table["path"].str.endswith(".png").all()
@@ -243,11 +360,14 @@ def test_stage3_torchrun_eval_and_predict(faces, concept_run, confidence_run, tm
 
 def test_stage3_refuses_mismatched_artefacts(faces, concept_run, confidence_run, tmp_path):
     out = tmp_path / "never"
-    proc = run_script("main_percept.py", percept_args(faces, concept_run, confidence_run, out, [], 1,
-                                                      "--input_size", 40))
+    proc = run_script(
+        "main_percept.py", percept_args(faces, concept_run, confidence_run, out, [], 1, "--input_size", 40)
+    )
     assert_user_error(proc, "input size")
-    proc = run_script("main_percept.py", percept_args(faces, concept_run, confidence_run, out, [], 1,
-                                                      "--confidence_dir", tmp_path / "none"))
+    proc = run_script(
+        "main_percept.py",
+        percept_args(faces, concept_run, confidence_run, out, [], 1, "--confidence_dir", tmp_path / "none"),
+    )
     assert_user_error(proc, "bank.pt", "high_confidence.py")
     proc = run_script("predict.py", ["--checkpoint", concept_run[0] / "checkpoint-best.pth", faces / "test"])
     assert_user_error(proc, "not a stage-3")
@@ -258,8 +378,21 @@ def test_stage3_lighter_backbone_trains_and_predicts(faces, tmp_path):
     """--backbone mobilenet_v3_large: stage 3 trains, the checkpoint records the backbone, predict.py and
     --eval rebuild the same network from it; a backbone without a default weight file asks for one."""
     out = tmp_path / "mobile"
-    args = ["--data_path", faces / "train", "--eval_data_path", faces / "test", "--concept_target", "none",
-            "--epochs", 1, "--output_dir", out, "--norm_cache", tmp_path / "cache", *COMMON]
+    args = [
+        "--data_path",
+        faces / "train",
+        "--eval_data_path",
+        faces / "test",
+        "--concept_target",
+        "none",
+        "--epochs",
+        1,
+        "--output_dir",
+        out,
+        "--norm_cache",
+        tmp_path / "cache",
+        *COMMON,
+    ]
     proc = run_script("main_percept.py", [*args, "--backbone", "mobilenet_v3_large"])
     assert_user_error(proc, "--backbone mobilenet_v3_large has no default weight file", "--pretrained")
     assert not out.exists()
@@ -269,18 +402,54 @@ def test_stage3_lighter_backbone_trains_and_predicts(faces, tmp_path):
     assert checkpoint["meta"]["backbone"] == "mobilenet_v3_large"
     assert any(k.startswith("encoder.backbone.features.") for k in checkpoint["model"])
     best = read_log(out)[0]["eval_acc"]
-    proc = run_script("main_percept.py", ["--eval", "--resume", out / "checkpoint-best.pth", "--backbone",
-                                          "mobilenet_v3_large", *args[:4], "--output_dir", tmp_path / "ev",
-                                          "--norm_cache", tmp_path / "cache", *COMMON])
+    proc = run_script(
+        "main_percept.py",
+        [
+            "--eval",
+            "--resume",
+            out / "checkpoint-best.pth",
+            "--backbone",
+            "mobilenet_v3_large",
+            *args[:4],
+            "--output_dir",
+            tmp_path / "ev",
+            "--norm_cache",
+            tmp_path / "cache",
+            *COMMON,
+        ],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["acc"] == pytest.approx(best, abs=1e-9)
-    proc = run_script("main_percept.py", ["--eval", "--resume", out / "checkpoint-best.pth", *args[:4],
-                                          "--output_dir", tmp_path / "ev2", "--norm_cache", tmp_path / "cache",
-                                          *COMMON])
+    proc = run_script(
+        "main_percept.py",
+        [
+            "--eval",
+            "--resume",
+            out / "checkpoint-best.pth",
+            *args[:4],
+            "--output_dir",
+            tmp_path / "ev2",
+            "--norm_cache",
+            tmp_path / "cache",
+            *COMMON,
+        ],
+    )
     assert_user_error(proc, "backbone 'mobilenet_v3_large'", "'resnet18'")
     csv = tmp_path / "pred.csv"
-    proc = run_script("predict.py", ["--checkpoint", out / "checkpoint-best.pth", faces / "test" / "sad",
-                                     "--output", csv, "--device", "cpu", "--num_workers", 0])
+    proc = run_script(
+        "predict.py",
+        [
+            "--checkpoint",
+            out / "checkpoint-best.pth",
+            faces / "test" / "sad",
+            "--output",
+            csv,
+            "--device",
+            "cpu",
+            "--num_workers",
+            0,
+        ],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = pd.read_csv(csv)
     assert len(table) == 3 and set(table["pred"]) <= set(checkpoint["meta"]["classes"])

@@ -1,4 +1,5 @@
 """Stage-2 thresholds and stage-3 pool sampling, against hand computations."""
+
 import os
 
 import numpy as np
@@ -9,8 +10,8 @@ from PIL import Image
 from dataset_concept import build_dataset
 from dataset_percept import PerceptTrainSet, collate_percept
 from utils.confidence import per_class_thresholds
-from utils.objectives import PerceptObjective, pooled_concepts
 from utils.errors import UserError
+from utils.objectives import PerceptObjective, pooled_concepts
 
 
 def test_thresholds_by_hand_with_ties_and_tiny_classes():
@@ -92,9 +93,9 @@ def test_bank_fast_path_gives_the_online_losses_for_the_same_pool_images():
     """--pool_features bank (stage 2's features, no concept forward) and online (one concept forward of
     the batch and its pool images) give the same MMD and KL when the pool images are those the bank
     was made from; --concept_target self gives another MMD."""
-    from utils.cli import check_percept_args, percept_parser
     from models.concept import ConceptNet
     from models.percept import PerceptNet
+    from utils.cli import check_percept_args, percept_parser
 
     torch.manual_seed(0)
     targets = [0, 0, 0, 1, 1, 1, 2, 2]
@@ -111,10 +112,21 @@ def test_bank_fast_path_gives_the_online_losses_for_the_same_pool_images():
     bank = {"features": out["e"], "logits": out["logits"]}
     model = PerceptNet(3).eval()  # no dropout: both calls see the same network
     parts = {}
-    for name, pool_features, fn_args in (("online", "online", (concept, None)), ("bank", "bank", (None, bank)),
-                                         ("self", None, (concept, None))):
-        args = percept_parser().parse_args(["--concept_target", "self" if name == "self" else "pool",
-                                             "--pool_features", pool_features or "online", "--k", "2"])
+    for name, pool_features, fn_args in (
+        ("online", "online", (concept, None)),
+        ("bank", "bank", (None, bank)),
+        ("self", None, (concept, None)),
+    ):
+        args = percept_parser().parse_args(
+            [
+                "--concept_target",
+                "self" if name == "self" else "pool",
+                "--pool_features",
+                pool_features or "online",
+                "--k",
+                "2",
+            ]
+        )
         check_percept_args(args)
         data = PerceptTrainSet(Faces(targets), mask, k=2, pool_features=pool_features, seed=1)
         batch = collate_percept([data[i] for i in range(len(targets))])

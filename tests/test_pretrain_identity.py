@@ -3,6 +3,7 @@
 Tiny settings (6 people x 6 images, 32 px, 1 epoch): the files and their formats, loading through the real
 loaders (ConceptNet / PerceptNet), the settings cache, determinism, and user errors.
 """
+
 import hashlib
 import json
 import os
@@ -30,8 +31,20 @@ from tools import pretrain_identity as pi
 
 SCRIPT = os.path.join("tools", "pretrain_identity.py")
 PEOPLE = 6
-TINY = ["--identities", PEOPLE, "--images_per_identity", 6, "--size", 32, "--input_size", 32, "--epochs", 1,
-        "--batch_size", 16]
+TINY = [
+    "--identities",
+    PEOPLE,
+    "--images_per_identity",
+    6,
+    "--size",
+    32,
+    "--input_size",
+    32,
+    "--epochs",
+    1,
+    "--batch_size",
+    16,
+]
 PKL = "synthetic-identity_resnet50_ft_weight.pkl"
 PTH = "synthetic-identity_resnet18_msceleb.pth"
 REPORT = "identity_pretrain.json"
@@ -149,11 +162,18 @@ def test_both_load_through_the_real_loaders(trained):
 def test_rerun_with_the_same_settings_reuses_the_files_without_torch(trained):
     out, _ = trained
     before = {name: os.stat(out / name).st_mtime_ns for name in (PKL, PTH, REPORT)}
-    code = ("import sys, runpy; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__'); "
-            "print('torch imported:', 'torch' in sys.modules)")
+    code = (
+        "import sys, runpy; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__'); "
+        "print('torch imported:', 'torch' in sys.modules)"
+    )
     tic = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, os.path.join(REPO, SCRIPT), "--out", str(out),
-                           *map(str, TINY)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, os.path.join(REPO, SCRIPT), "--out", str(out), *map(str, TINY)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     seconds = time.perf_counter() - tic
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("reusing ") == 2 and "torch imported: False" in proc.stdout, proc.stdout
@@ -206,13 +226,16 @@ def test_deterministic_for_a_seed(tmp_path, capfd):
     assert digests[0] == digests[1]
 
 
-@pytest.mark.parametrize("flags, fragment", [
-    (["--identities", "1"], "--identities"),
-    (["--images_per_identity", "3"], "--images_per_identity"),
-    (["--epochs", "0"], "--epochs"),
-    (["--lr", "nan"], "--lr"),
-    (["--input_size", "64"], "--input_size"),
-])
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--identities", "1"], "--identities"),
+        (["--images_per_identity", "3"], "--images_per_identity"),
+        (["--epochs", "0"], "--epochs"),
+        (["--lr", "nan"], "--lr"),
+        (["--input_size", "64"], "--input_size"),
+    ],
+)
 def test_bad_flag_is_one_error_line_and_writes_nothing(tmp_path, capfd, flags, fragment):
     out = tmp_path / "out"
     proc = run_inprocess(["--out", out, *TINY, *flags], capfd)

@@ -1,5 +1,6 @@
 """Runs that are killed (the whole run, or one worker of a torchrun job), diverge or are fed hostile
 or mismatched files: nothing lost, nothing executed, nothing half-written."""
+
 import json
 import os
 import pickle
@@ -10,9 +11,8 @@ import time
 
 import pytest
 import torch
+from conftest import REPO, SIZE, assert_no_output, assert_user_error, read_log, run_inprocess, run_script, torchrun
 
-from conftest import (REPO, SIZE, assert_no_output, assert_user_error, read_log, run_inprocess, run_script,
-                      torchrun)
 from utils.checkpoint import resolve_resume, save_checkpoint
 from utils.log import RunLogger
 
@@ -23,9 +23,30 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}  # robust timings on a
 
 
 def stage_args(stage, faces, out, epochs, *extra):
-    return ["--data_path", faces / "train", "--eval_data_path", faces / "test", "--pretrained", "none",
-            *STAGES[stage][1], "--epochs", epochs, "--output_dir", out, "--norm_cache", out.parent / "cache",
-            "--input_size", SIZE, "--batch_size", 8, "--device", "cpu", "--num_workers", 0, *extra]
+    return [
+        "--data_path",
+        faces / "train",
+        "--eval_data_path",
+        faces / "test",
+        "--pretrained",
+        "none",
+        *STAGES[stage][1],
+        "--epochs",
+        epochs,
+        "--output_dir",
+        out,
+        "--norm_cache",
+        out.parent / "cache",
+        "--input_size",
+        SIZE,
+        "--batch_size",
+        8,
+        "--device",
+        "cpu",
+        "--num_workers",
+        0,
+        *extra,
+    ]
 
 
 def command(stage, args):
@@ -85,12 +106,17 @@ def runs(faces, tmp_path_factory):
         if stage not in done:
             root = tmp_path_factory.mktemp(stage)
             with open(root / "straight.txt", "w") as log:
-                straight = subprocess.Popen(command(stage, stage_args(stage, faces, root / "straight", EPOCHS)),
-                                            cwd=REPO, env={**os.environ, **ONE_THREAD}, stdout=log,
-                                            stderr=subprocess.STDOUT)
+                straight = subprocess.Popen(
+                    command(stage, stage_args(stage, faces, root / "straight", EPOCHS)),
+                    cwd=REPO,
+                    env={**os.environ, **ONE_THREAD},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
                 try:
-                    resumed = kill_then_resume(stage, stage_args(stage, faces, root / "killed", EPOCHS, "--resume",
-                                                                 "auto"), root / "killed")
+                    resumed = kill_then_resume(
+                        stage, stage_args(stage, faces, root / "killed", EPOCHS, "--resume", "auto"), root / "killed"
+                    )
                 finally:
                     straight.wait(timeout=600)
             assert straight.returncode == 0, (root / "straight.txt").read_text()[-3000:]
@@ -145,11 +171,25 @@ def test_torchrun_restarts_a_killed_worker_and_the_job_continues_from_checkpoint
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     out = tmp_path / "elastic"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
-           os.path.join(REPO, "main_percept.py"), *map(str, args(out))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "--max-restarts=1",
+        os.path.join(REPO, "main_percept.py"),
+        *map(str, args(out)),
+    ]
     with open(tmp_path / "elastic.txt", "w") as log:
-        agent = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **ONE_THREAD}, stdout=log,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        agent = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env={**os.environ, **ONE_THREAD},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             kill_inside_epoch_1(agent, out, victim=lambda: worker_pids(agent.pid)[0])
             agent.wait(timeout=300)
@@ -189,7 +229,8 @@ def test_log_matches_the_checkpoint_it_starts_from(tmp_path):
     RunLogger(str(tmp_path), start_epoch=3, history=records[:3]).close()
     assert read_log(tmp_path) == records[:3]
     assert (tmp_path / "log.csv").read_text().splitlines() == ["epoch,train_loss,eval_acc"] + [
-        f"{r['epoch']},{r['train_loss']},{r['eval_acc']}" for r in records[:3]]
+        f"{r['epoch']},{r['train_loss']},{r['eval_acc']}" for r in records[:3]
+    ]
     assert not (tmp_path / ".log.csv.x1.tmp").exists()
     (tmp_path / "plain.txt").write_text("")  # files written atomically get an ordinary file's mode, not 0600
     assert (tmp_path / "log.jsonl").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
@@ -201,14 +242,28 @@ def test_log_matches_the_checkpoint_it_starts_from(tmp_path):
 def test_checkpoint_of_another_kind_is_refused_before_anything_is_written(runs, faces, tmp_path, capfd):
     concept, percept = runs("concept")[0], runs("percept")[0]
     out = tmp_path / "out"
-    proc = run_inprocess("main_percept.py", stage_args("percept", faces, out, 1, "--resume",
-                                                       concept / "checkpoint-last.pth"), capfd)
+    proc = run_inprocess(
+        "main_percept.py", stage_args("percept", faces, out, 1, "--resume", concept / "checkpoint-last.pth"), capfd
+    )
     assert_user_error(proc, str(concept / "checkpoint-last.pth"), "'ConceptNet'", "--resume")
-    proc = run_inprocess("main_percept.py", stage_args("percept", faces, out, 1, "--resume",
-                                                       percept / "checkpoint-best.pth"), capfd)
+    proc = run_inprocess(
+        "main_percept.py", stage_args("percept", faces, out, 1, "--resume", percept / "checkpoint-best.pth"), capfd
+    )
     assert_user_error(proc, str(percept / "checkpoint-best.pth"), "weights only", "checkpoint-last.pth")
-    proc = run_inprocess("high_confidence.py", ["--concept_ckpt", percept / "checkpoint-best.pth", "--data_path",
-                                                faces / "train", "--output_dir", out, "--device", "cpu"], capfd)
+    proc = run_inprocess(
+        "high_confidence.py",
+        [
+            "--concept_ckpt",
+            percept / "checkpoint-best.pth",
+            "--data_path",
+            faces / "train",
+            "--output_dir",
+            out,
+            "--device",
+            "cpu",
+        ],
+        capfd,
+    )
     assert_user_error(proc, str(percept / "checkpoint-best.pth"), "not a stage-1")
     assert_no_output(out)
 
@@ -238,8 +293,11 @@ def test_payload_checkpoint_is_refused_without_running(faces, tmp_path, capfd):
     out = tmp_path / "out"
     proc = run_inprocess("main_percept.py", stage_args("percept", faces, out, 1, "--resume", evil), capfd)
     assert_user_error(proc, "evil.pth", "refused")
-    proc = run_script("high_confidence.py", ["--concept_ckpt", evil, "--data_path", faces / "train", "--output_dir",
-                                             tmp_path / "conf", "--device", "cpu"], env=ONE_THREAD)  # a real process
+    proc = run_script(
+        "high_confidence.py",
+        ["--concept_ckpt", evil, "--data_path", faces / "train", "--output_dir", tmp_path / "conf", "--device", "cpu"],
+        env=ONE_THREAD,
+    )  # a real process
     assert_user_error(proc, "evil.pth", "refused")
     assert not sentinel.exists()
     assert_no_output(out)

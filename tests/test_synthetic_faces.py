@@ -1,4 +1,5 @@
 """The embedded synthetic face dataset: layouts, determinism, label mappings, VAD consistency."""
+
 import os
 import re
 import subprocess
@@ -19,9 +20,15 @@ SMALL = dict(size=48, train_per_class=10, test_per_class=4, fer_train_per_class=
 FER_COLUMNS = ["emotion", "pixels", "Usage", "Valence", "Arousal", "Dominance"]
 SPLIT_FILES = {"Training": "train.csv", "PublicTest": "public_test.csv", "PrivateTest": "private_test.csv"}
 # DESIGN's expected VAD signs per class (+, -, 0 near zero, None free), in V, A, D order.
-SIGNS = {"anger": ("-", "+", None), "disgust": ("-", "+", "+"), "fear": ("-", None, "-"),
-         "happy": ("+", "+", "+"), "sad": ("-", "-", "-"), "surprise": (None, "+", "-"),
-         "neutral": ("0", "0", None)}
+SIGNS = {
+    "anger": ("-", "+", None),
+    "disgust": ("-", "+", "+"),
+    "fear": ("-", None, "-"),
+    "happy": ("+", "+", "+"),
+    "sad": ("-", "-", "-"),
+    "surprise": (None, "+", "-"),
+    "neutral": ("0", "0", None),
+}
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +132,13 @@ def test_rafdb_layout_maps_back_to_classes(dataset):
     root = out / "rafdb"
     lines = (root / "EmoLabel" / "list_patition_label.txt").read_text().splitlines()
     assert len(lines) == 7 * (SMALL["train_per_class"] + SMALL["test_per_class"])
-    pngs = {split: [(np.asarray(Image.open(path), np.float32), CLASSES_7[label])
-                    for path, label in ImageFolder(str(out / split)).samples] for split in ("train", "test")}
+    pngs = {
+        split: [
+            (np.asarray(Image.open(path), np.float32), CLASSES_7[label])
+            for path, label in ImageFolder(str(out / split)).samples
+        ]
+        for split in ("train", "test")
+    }
     seen = {"train": [], "test": []}
     for line in lines:
         match = re.fullmatch(r"(train_\d{5}|test_\d{4})\.jpg ([1-7])", line)
@@ -159,8 +171,11 @@ def test_fer2013_csv_format(dataset):
     out, _ = dataset
     frame = pd.read_csv(out / "fer2013" / "fer2013_vad.csv")
     assert list(frame.columns) == FER_COLUMNS
-    counts = {"Training": SMALL["fer_train_per_class"], "PublicTest": SMALL["fer_test_per_class"],
-              "PrivateTest": SMALL["fer_test_per_class"]}
+    counts = {
+        "Training": SMALL["fer_train_per_class"],
+        "PublicTest": SMALL["fer_test_per_class"],
+        "PrivateTest": SMALL["fer_test_per_class"],
+    }
     assert frame["Usage"].value_counts().to_dict() == {k: 7 * v for k, v in counts.items()}
     assert list(frame["Usage"].drop_duplicates()) == ["Training", "PublicTest", "PrivateTest"]
     for usage, per_class in counts.items():
@@ -221,8 +236,12 @@ def test_logreg_yardstick_runs():
 
 def test_cli_bad_flag_is_one_line_error(tmp_path):
     out = tmp_path / "faces"
-    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_synthetic_faces.py"), "--out",
-                             str(out), "--size", "8"], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "make_synthetic_faces.py"), "--out", str(out), "--size", "8"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -231,9 +250,23 @@ def test_cli_bad_flag_is_one_line_error(tmp_path):
 
 def test_cli_writes_dataset(tmp_path):
     out = tmp_path / "faces"
-    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "make_synthetic_faces.py"), "--out",
-                             str(out), "--size", "32", "--train_per_class", "1", "--test_per_class", "1"],
-                            capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "make_synthetic_faces.py"),
+            "--out",
+            str(out),
+            "--size",
+            "32",
+            "--train_per_class",
+            "1",
+            "--test_per_class",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(out / "train")) == CLASSES_7
     assert (out / msf.MARKER).is_file()

@@ -1,6 +1,7 @@
 """The second system: main_percept.py --vad (category + Valence/Arousal/Dominance) on FER2013-format
 CSVs in both layouts (one file with Usage, or three files), its records, predict.py on a multi-task
 checkpoint, and the user errors of --vad."""
+
 import json
 import math
 
@@ -9,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SIZE, assert_user_error, read_log, run_script
 from PIL import Image
 
-from conftest import SIZE, assert_user_error, read_log, run_script
 from models.percept import PerceptNet
 from tools.make_synthetic_faces import VAD as SYNTHETIC_VAD
 from tools.make_synthetic_faces import make_dataset
@@ -24,10 +25,36 @@ EPOCHS = 3
 
 
 def vad_args(data, out, epochs=EPOCHS, *extra):
-    return ["--vad", "--concept_target", "none", "--dataset", "fer2013", "--data_path", data, "--pretrained", "none",
-            "--input_size", SIZE, "--batch_size", 16, "--epochs", epochs, "--device", "cpu", "--num_workers", 0,
-            "--lr", "1e-3", "--lr_schedule", "cosine", "--output_dir", out, "--norm_cache", out.parent / "cache",
-            *extra]
+    return [
+        "--vad",
+        "--concept_target",
+        "none",
+        "--dataset",
+        "fer2013",
+        "--data_path",
+        data,
+        "--pretrained",
+        "none",
+        "--input_size",
+        SIZE,
+        "--batch_size",
+        16,
+        "--epochs",
+        epochs,
+        "--device",
+        "cpu",
+        "--num_workers",
+        0,
+        "--lr",
+        "1e-3",
+        "--lr_schedule",
+        "cosine",
+        "--output_dir",
+        out,
+        "--norm_cache",
+        out.parent / "cache",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +91,15 @@ def test_usage_layout_records(usage_run, faces):
     np.testing.assert_allclose(classify["private_acc"], [r["test_acc"] for r in log])
     for letter, name in zip("VAD", VAD):
         table = pd.read_csv(out / f"AccProcess_regress{letter}.csv")
-        assert list(table.columns) == ["epoch", "train_loss", "public_loss", "private_loss",
-                                       "train_ccc", "public_ccc", "private_ccc"]
+        assert list(table.columns) == [
+            "epoch",
+            "train_loss",
+            "public_loss",
+            "private_loss",
+            "train_ccc",
+            "public_ccc",
+            "private_ccc",
+        ]
         assert list(table["epoch"]) == list(range(EPOCHS))  # one row per finished epoch
         np.testing.assert_allclose(table["public_ccc"], [r[f"eval_{name}_ccc"] for r in log])
         np.testing.assert_allclose(table["private_loss"], [r[f"test_{name}_mse"] for r in log])
@@ -93,11 +127,20 @@ def test_three_file_layout_matches_usage(usage_run, faces, tmp_path):
     usage_out, _ = usage_run
     split = faces / "fer2013" / "split"
     out = tmp_path / "three"
-    proc = run_script("main_percept.py", vad_args(split / "train.csv", out, 1, "--eval_data_path",
-                                                  split / "public_test.csv", "--test_data_path",
-                                                  split / "private_test.csv"))
+    proc = run_script(
+        "main_percept.py",
+        vad_args(
+            split / "train.csv",
+            out,
+            1,
+            "--eval_data_path",
+            split / "public_test.csv",
+            "--test_data_path",
+            split / "private_test.csv",
+        ),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    record, = read_log(out)
+    (record,) = read_log(out)
     reference = read_log(usage_out)[0]
     assert record["eval_images"] == reference["eval_images"]
     assert record["test_images"] == reference["test_images"]
@@ -115,8 +158,22 @@ def test_predict_reports_vad(usage_run, faces, tmp_path):
         grey = np.array(pixels.split(), dtype=np.uint8).reshape(48, 48)
         Image.fromarray(grey, mode="L").save(images / f"face{k}.png")
     csv, vis = tmp_path / "pred.csv", tmp_path / "vis"
-    proc = run_script("predict.py", ["--checkpoint", out / "checkpoint-best.pth", images, "--output", csv,
-                                     "--save_vis", vis, "--device", "cpu", "--num_workers", 0])
+    proc = run_script(
+        "predict.py",
+        [
+            "--checkpoint",
+            out / "checkpoint-best.pth",
+            images,
+            "--output",
+            csv,
+            "--save_vis",
+            vis,
+            "--device",
+            "cpu",
+            "--num_workers",
+            0,
+        ],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     pred = pd.read_csv(csv)
     assert len(pred) == 3
@@ -164,8 +221,9 @@ def test_vad_head_reaches_the_target_scale():
     images = torch.randn(2, 3, SIZE, SIZE, generator=generator)
     with torch.no_grad():  # forward() predicts VAD through vad_from_feature
         model.eval()
-        np.testing.assert_allclose(model(images)["vad"].numpy(),
-                                   model.vad_from_feature(model.encoder(images)).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            model(images)["vad"].numpy(), model.vad_from_feature(model.encoder(images)).numpy(), rtol=1e-5, atol=1e-6
+        )
     raw = fit(model.vad_head)
     assert (raw["pearson"] > 0.8).all() and (raw["ccc"] < 0.3).all(), (raw["pearson"], raw["ccc"])
 
@@ -180,16 +238,55 @@ def test_short_training_learns_vad(tmp_path):
     data seeds 1/2 0.165 (0.305) / 0.180 (0.348); with the VAD head reading the unit feature unscaled
     (before the fix) 0.004 (0.005) / 0.030 (0.049) / 0.016 (0.031)."""
     data = tmp_path / "faces"
-    make_dataset(str(data), seed=0, size=32, train_per_class=1, test_per_class=1, fer2013=True,
-                 fer_train_per_class=60, fer_test_per_class=40)
+    make_dataset(
+        str(data),
+        seed=0,
+        size=32,
+        train_per_class=1,
+        test_per_class=1,
+        fer2013=True,
+        fer_train_per_class=60,
+        fer_test_per_class=40,
+    )
     split = data / "fer2013" / "split"
     out = tmp_path / "run"
-    proc = run_script("main_percept.py", [
-        "--vad", "--concept_target", "none", "--dataset", "fer2013", "--data_path", split / "train.csv",
-        "--eval_data_path", split / "public_test.csv", "--pretrained", "none", "--input_size", 32,
-        "--batch_size", 16, "--epochs", 8, "--lr", "1e-3", "--lr_schedule", "cosine", "--seed", 0,
-        "--device", "cpu", "--num_workers", 0, "--output_dir", out, "--norm_cache", tmp_path / "cache"],
-        env={"OMP_NUM_THREADS": "1"})  # one thread: figures independent of the thread count, no spinning under load
+    proc = run_script(
+        "main_percept.py",
+        [
+            "--vad",
+            "--concept_target",
+            "none",
+            "--dataset",
+            "fer2013",
+            "--data_path",
+            split / "train.csv",
+            "--eval_data_path",
+            split / "public_test.csv",
+            "--pretrained",
+            "none",
+            "--input_size",
+            32,
+            "--batch_size",
+            16,
+            "--epochs",
+            8,
+            "--lr",
+            "1e-3",
+            "--lr_schedule",
+            "cosine",
+            "--seed",
+            0,
+            "--device",
+            "cpu",
+            "--num_workers",
+            0,
+            "--output_dir",
+            out,
+            "--norm_cache",
+            tmp_path / "cache",
+        ],
+        env={"OMP_NUM_THREADS": "1"},
+    )  # one thread: figures independent of the thread count, no spinning under load
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = read_log(out)[-1]
     assert last["epoch"] == 7 and last["eval_images"] == 7 * 40

@@ -5,6 +5,7 @@ the files (:func:`place_file`, :func:`make_class_dirs`), print what was written 
 :func:`print_dropped`) and declare the command-line options the converters have in common
 (:func:`converter_parser`, :func:`add_flag`).
 """
+
 import argparse
 import contextlib
 import os
@@ -13,10 +14,16 @@ import shutil
 from utils.errors import UserError
 
 # Options several converters take: flag -> keyword arguments of ArgumentParser.add_argument.
-FLAGS = {"--link": {"action": "store_true", "help": "hard-link (or symlink) the images instead of copying"},
-         "--overwrite": {"action": "store_true", "help": "replace a non-empty --out"},
-         "--classes": {"type": int, "choices": (8, 7), "default": 8,
-                       "help": "8 (with contempt, default) or 7 (contempt dropped)"}}
+FLAGS = {
+    "--link": {"action": "store_true", "help": "hard-link (or symlink) the images instead of copying"},
+    "--overwrite": {"action": "store_true", "help": "replace a non-empty --out"},
+    "--classes": {
+        "type": int,
+        "choices": (8, 7),
+        "default": 8,
+        "help": "8 (with contempt, default) or 7 (contempt dropped)",
+    },
+}
 
 
 @contextlib.contextmanager
@@ -30,8 +37,10 @@ def atomic_output_dir(out, overwrite=False, flag="--out"):
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"{flag} {out} exists and is not a folder; choose another {flag}.")
     if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise UserError(f"output folder {out} already exists and is not empty; remove it, choose another "
-                        f"{flag}, or pass --overwrite.")
+        raise UserError(
+            f"output folder {out} already exists and is not empty; remove it, choose another "
+            f"{flag}, or pass --overwrite."
+        )
     created = []
     parent = os.path.dirname(out)
     missing = parent
@@ -41,8 +50,9 @@ def atomic_output_dir(out, overwrite=False, flag="--out"):
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create the folder {parent} for {flag} ({exc.strerror}); choose another {flag}.") \
-            from None
+        raise UserError(
+            f"cannot create the folder {parent} for {flag} ({exc.strerror}); choose another {flag}."
+        ) from None
     tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp)
@@ -104,8 +114,9 @@ def print_dropped(dropped, unit=""):
 
 def converter_parser(doc):
     """The argument parser of a converter, described by the first paragraph of its module docstring."""
-    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    return argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def add_flag(parser, flag):

@@ -1,4 +1,5 @@
 """The table `make demo` ends with: accuracies, parameters and CPU latency of each pathway."""
+
 import argparse
 import json
 import os
@@ -42,20 +43,40 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     concept, percept = ConceptNet(7, None).eval(), PerceptNet(7, None).eval()
-    rows = [("concept (stage 1, 2x ResNet-50)", best_of(os.path.join(args.output, "concept")),
-             sum(p.numel() for p in concept.parameters()), latency_ms(concept.emotion_forward, args.input_size)),
-            ("percept CRPN (stage 3, ResNet-18)", best_of(os.path.join(args.output, "percept")),
-             sum(p.numel() for p in percept.parameters()), latency_ms(percept, args.input_size)),
-            ("percept baseline (ResNet-18, CE only)", best_of(os.path.join(args.output, "baseline")),
-             sum(p.numel() for p in percept.parameters()), latency_ms(percept, args.input_size))]
+    rows = [
+        (
+            "concept (stage 1, 2x ResNet-50)",
+            best_of(os.path.join(args.output, "concept")),
+            sum(p.numel() for p in concept.parameters()),
+            latency_ms(concept.emotion_forward, args.input_size),
+        ),
+        (
+            "percept CRPN (stage 3, ResNet-18)",
+            best_of(os.path.join(args.output, "percept")),
+            sum(p.numel() for p in percept.parameters()),
+            latency_ms(percept, args.input_size),
+        ),
+        (
+            "percept baseline (ResNet-18, CE only)",
+            best_of(os.path.join(args.output, "baseline")),
+            sum(p.numel() for p in percept.parameters()),
+            latency_ms(percept, args.input_size),
+        ),
+    ]
     print(f"\n{'model':40s} {'test acc %':>10s} {'mean cls %':>10s} {'epoch':>5s} {'params M':>9s} {'CPU ms/img':>10s}")
     for name, best, params, ms in rows:
-        print(f"{name:40s} {best['eval_acc']:10.2f} {best['eval_mean_class_acc']:10.2f} {best['epoch']:5d} "
-              f"{params / 1e6:9.2f} {ms:10.2f}")
-    print(f"\n(CPU latency: batch 1, one thread, {args.input_size} px; the concept figure runs only its emotion branch.)")
-    print(f"logs: {args.output}/{{concept,confidence,percept,baseline}} (tensorboard --logdir {args.output}); "
-          f"predictions: {args.output}/predictions.csv, pictures in {args.output}/vis"
-          + (f"; demo took {args.seconds} s" if args.seconds else ""))
+        print(
+            f"{name:40s} {best['eval_acc']:10.2f} {best['eval_mean_class_acc']:10.2f} {best['epoch']:5d} "
+            f"{params / 1e6:9.2f} {ms:10.2f}"
+        )
+    print(
+        f"\n(CPU latency: batch 1, one thread, {args.input_size} px; the concept figure runs only its emotion branch.)"
+    )
+    print(
+        f"logs: {args.output}/{{concept,confidence,percept,baseline}} (tensorboard --logdir {args.output}); "
+        f"predictions: {args.output}/predictions.csv, pictures in {args.output}/vis"
+        + (f"; demo took {args.seconds} s" if args.seconds else "")
+    )
 
 
 if __name__ == "__main__":

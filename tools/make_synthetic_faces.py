@@ -35,6 +35,7 @@ renamed at the end; an existing OUT is replaced only when it is an earlier outpu
 
 Usage: ``python tools/make_synthetic_faces.py --out demo/faces [--rafdb] [--fer2013] [--report_logreg]``
 """
+
 import argparse
 import math
 import os
@@ -61,34 +62,108 @@ FER_SIZE = 48
 # eye_open: + wide, - squint; wrinkle: nose wrinkles.
 ACTIONS = ("curve", "open", "width", "lip_raise", "brow_raise", "brow_angle", "eye_open", "wrinkle")
 EXPRESSIONS = {
-    "anger":    dict(curve=-0.25, open=0.45, width=-0.05, lip_raise=0.0, brow_raise=-0.70, brow_angle=1.00,
-                     eye_open=0.35, wrinkle=0.0, teeth=2),
-    "disgust":  dict(curve=-0.55, open=0.12, width=-0.05, lip_raise=1.00, brow_raise=-0.40, brow_angle=0.35,
-                     eye_open=-0.50, wrinkle=1.00, teeth=1),
-    "fear":     dict(curve=-0.30, open=0.55, width=0.40, lip_raise=0.0, brow_raise=0.70, brow_angle=-0.80,
-                     eye_open=0.90, wrinkle=0.0, teeth=1),
-    "happy":    dict(curve=1.00, open=0.40, width=0.35, lip_raise=0.0, brow_raise=0.10, brow_angle=0.0,
-                     eye_open=-0.40, wrinkle=0.0, teeth=1),
-    "neutral":  dict(curve=0.0, open=0.0, width=0.0, lip_raise=0.0, brow_raise=0.0, brow_angle=0.0,
-                     eye_open=0.0, wrinkle=0.0, teeth=0),
-    "sad":      dict(curve=-0.90, open=0.0, width=-0.10, lip_raise=0.0, brow_raise=0.15, brow_angle=-0.90,
-                     eye_open=-0.40, wrinkle=0.0, teeth=0),
-    "surprise": dict(curve=0.0, open=1.00, width=-0.45, lip_raise=0.0, brow_raise=1.00, brow_angle=-0.10,
-                     eye_open=1.00, wrinkle=0.0, teeth=0),
+    "anger": dict(
+        curve=-0.25,
+        open=0.45,
+        width=-0.05,
+        lip_raise=0.0,
+        brow_raise=-0.70,
+        brow_angle=1.00,
+        eye_open=0.35,
+        wrinkle=0.0,
+        teeth=2,
+    ),
+    "disgust": dict(
+        curve=-0.55,
+        open=0.12,
+        width=-0.05,
+        lip_raise=1.00,
+        brow_raise=-0.40,
+        brow_angle=0.35,
+        eye_open=-0.50,
+        wrinkle=1.00,
+        teeth=1,
+    ),
+    "fear": dict(
+        curve=-0.30,
+        open=0.55,
+        width=0.40,
+        lip_raise=0.0,
+        brow_raise=0.70,
+        brow_angle=-0.80,
+        eye_open=0.90,
+        wrinkle=0.0,
+        teeth=1,
+    ),
+    "happy": dict(
+        curve=1.00,
+        open=0.40,
+        width=0.35,
+        lip_raise=0.0,
+        brow_raise=0.10,
+        brow_angle=0.0,
+        eye_open=-0.40,
+        wrinkle=0.0,
+        teeth=1,
+    ),
+    "neutral": dict(
+        curve=0.0,
+        open=0.0,
+        width=0.0,
+        lip_raise=0.0,
+        brow_raise=0.0,
+        brow_angle=0.0,
+        eye_open=0.0,
+        wrinkle=0.0,
+        teeth=0,
+    ),
+    "sad": dict(
+        curve=-0.90,
+        open=0.0,
+        width=-0.10,
+        lip_raise=0.0,
+        brow_raise=0.15,
+        brow_angle=-0.90,
+        eye_open=-0.40,
+        wrinkle=0.0,
+        teeth=0,
+    ),
+    "surprise": dict(
+        curve=0.0,
+        open=1.00,
+        width=-0.45,
+        lip_raise=0.0,
+        brow_raise=1.00,
+        brow_angle=-0.10,
+        eye_open=1.00,
+        wrinkle=0.0,
+        teeth=0,
+    ),
 }
 # Valence, Arousal, Dominance of each class at full intensity, in -1..1; the file holds
 # round(2 * intensity * value + noise) clipped to -2..2.
 VAD = {
-    "anger": (-0.8, 0.9, 0.6), "disgust": (-0.8, 0.5, 0.5), "fear": (-0.9, 0.8, -0.8),
-    "happy": (1.0, 0.6, 0.6), "neutral": (0.0, 0.0, 0.0), "sad": (-0.9, -0.6, -0.7),
+    "anger": (-0.8, 0.9, 0.6),
+    "disgust": (-0.8, 0.5, 0.5),
+    "fear": (-0.9, 0.8, -0.8),
+    "happy": (1.0, 0.6, 0.6),
+    "neutral": (0.0, 0.0, 0.0),
+    "sad": (-0.9, -0.6, -0.7),
     "surprise": (0.1, 1.0, -0.5),
 }
 VAD_NOISE = 0.3
 
-SKIN = [(255, 224, 196), (241, 194, 160), (224, 172, 130), (198, 134, 96), (161, 102, 66), (112, 70, 45),
-        (86, 54, 38)]
-HAIR = [(20, 16, 14), (60, 40, 25), (110, 72, 40), (170, 120, 60), (220, 190, 130), (150, 60, 30),
-        (140, 140, 140), (235, 235, 230)]
+SKIN = [(255, 224, 196), (241, 194, 160), (224, 172, 130), (198, 134, 96), (161, 102, 66), (112, 70, 45), (86, 54, 38)]
+HAIR = [
+    (20, 16, 14),
+    (60, 40, 25),
+    (110, 72, 40),
+    (170, 120, 60),
+    (220, 190, 130),
+    (150, 60, 30),
+    (140, 140, 140),
+    (235, 235, 230),
+]
 IRIS = [(70, 45, 25), (40, 30, 20), (60, 100, 150), (70, 110, 70), (110, 90, 60)]
 SPLIT_CODES = {"train": 0, "test": 1, "fer_train": 2, "fer_public": 3, "fer_private": 4}
 FER_USAGE = {"fer_train": "Training", "fer_public": "PublicTest", "fer_private": "PrivateTest"}
@@ -105,21 +180,43 @@ def sample_identity(rng):
     skin = _jitter(rng, SKIN[rng.integers(len(SKIN))], 10)
     hair = _jitter(rng, HAIR[rng.integers(len(HAIR))], 12)
     return {
-        "face_w": rng.uniform(0.29, 0.35), "face_h": rng.uniform(0.36, 0.42), "jaw": rng.uniform(0.0, 1.0),
-        "skin": skin, "hair": hair, "hair_style": int(rng.integers(5)), "beard": bool(rng.random() < 0.12),
-        "eye_dx": rng.uniform(0.36, 0.46), "eye_y": rng.uniform(-0.22, -0.08), "eye_w": rng.uniform(0.16, 0.21),
-        "eye_h": rng.uniform(0.45, 0.62), "iris": _jitter(rng, IRIS[rng.integers(len(IRIS))], 10),
-        "brow_gap": rng.uniform(0.10, 0.22), "brow_len": rng.uniform(0.36, 0.50), "brow_w": rng.uniform(0.04, 0.065),
+        "face_w": rng.uniform(0.29, 0.35),
+        "face_h": rng.uniform(0.36, 0.42),
+        "jaw": rng.uniform(0.0, 1.0),
+        "skin": skin,
+        "hair": hair,
+        "hair_style": int(rng.integers(5)),
+        "beard": bool(rng.random() < 0.12),
+        "eye_dx": rng.uniform(0.36, 0.46),
+        "eye_y": rng.uniform(-0.22, -0.08),
+        "eye_w": rng.uniform(0.16, 0.21),
+        "eye_h": rng.uniform(0.45, 0.62),
+        "iris": _jitter(rng, IRIS[rng.integers(len(IRIS))], 10),
+        "brow_gap": rng.uniform(0.10, 0.22),
+        "brow_len": rng.uniform(0.36, 0.50),
+        "brow_w": rng.uniform(0.04, 0.065),
         "brow_arch": rng.uniform(0.0, 0.05),
-        "nose_len": rng.uniform(0.24, 0.36), "nose_w": rng.uniform(0.09, 0.15),
-        "mouth_y": rng.uniform(0.46, 0.58), "mouth_w": rng.uniform(0.36, 0.48), "lip_w": rng.uniform(0.022, 0.035),
+        "nose_len": rng.uniform(0.24, 0.36),
+        "nose_w": rng.uniform(0.09, 0.15),
+        "mouth_y": rng.uniform(0.46, 0.58),
+        "mouth_w": rng.uniform(0.36, 0.48),
+        "lip_w": rng.uniform(0.022, 0.035),
         "lip": _jitter(rng, tuple(0.6 * c * 0.62 + 0.4 * r for c, r in zip(skin, (160, 50, 60))), 12),
-        "glasses": int(rng.choice(3, p=[0.72, 0.18, 0.10])), "glasses_colour": _jitter(rng, (40, 40, 40), 50),
-        "ears": bool(rng.random() < 0.8), "blush": rng.uniform(0.0, 0.35),
+        "glasses": int(rng.choice(3, p=[0.72, 0.18, 0.10])),
+        "glasses_colour": _jitter(rng, (40, 40, 40), 50),
+        "ears": bool(rng.random() < 0.8),
+        "blush": rng.uniform(0.0, 0.35),
         # resting expression: some people look a little sad, angry or amused when relaxed
-        "rest": {"curve": rng.normal(0, 0.12), "open": abs(rng.normal(0, 0.04)), "width": rng.normal(0, 0.1),
-                 "lip_raise": 0.0, "brow_raise": rng.normal(0, 0.15), "brow_angle": rng.normal(0, 0.12),
-                 "eye_open": rng.normal(0, 0.15), "wrinkle": 0.0},
+        "rest": {
+            "curve": rng.normal(0, 0.12),
+            "open": abs(rng.normal(0, 0.04)),
+            "width": rng.normal(0, 0.1),
+            "lip_raise": 0.0,
+            "brow_raise": rng.normal(0, 0.15),
+            "brow_angle": rng.normal(0, 0.12),
+            "eye_open": rng.normal(0, 0.15),
+            "wrinkle": 0.0,
+        },
     }
 
 
@@ -162,8 +259,9 @@ def _background(rng, side):
         img = base * (1 - t) + other * t
     elif kind == 2:  # smooth blotchy texture
         grid = rng.uniform(-60, 60, (int(rng.integers(3, 8)),) * 2 + (3,)) + base
-        img = np.asarray(Image.fromarray(np.clip(grid, 0, 255).astype(np.uint8)).resize((side, side),
-                                                                                        Image.BICUBIC), float)
+        img = np.asarray(
+            Image.fromarray(np.clip(grid, 0, 255).astype(np.uint8)).resize((side, side), Image.BICUBIC), float
+        )
     else:  # low-contrast stripes
         period = rng.uniform(0.05, 0.25) * side
         angle = rng.uniform(0, np.pi)
@@ -264,28 +362,46 @@ def _draw_face_layer(identity, params, hat, clothes, side):
         strength = min(1.0, (params["brow_raise"] - 0.25) / 0.6)
         for k in range(3):
             y = brow_y - (0.12 + 0.07 * k) * fh
-            d.arc([cx - 0.45 * fw, y - 0.04 * fh, cx + 0.45 * fw, y + 0.06 * fh], 200, 340,
-                  fill=_darker(identity["skin"], 1 - 0.3 * strength) + (255,), width=max(1, int(0.025 * fw)))
+            d.arc(
+                [cx - 0.45 * fw, y - 0.04 * fh, cx + 0.45 * fw, y + 0.06 * fh],
+                200,
+                340,
+                fill=_darker(identity["skin"], 1 - 0.3 * strength) + (255,),
+                width=max(1, int(0.025 * fw)),
+            )
     if params["brow_angle"] > 0.3:  # vertical frown lines between the brows
         strength = min(1.0, (params["brow_angle"] - 0.3) / 0.5)
         for sgn in (-1, 1):
             x = cx + sgn * 0.05 * fw
-            d.line([(x, brow_y - 0.02 * fh), (x, brow_y + 0.12 * fh)],
-                   fill=_darker(identity["skin"], 1 - 0.35 * strength) + (255,), width=max(1, int(0.03 * fw)))
+            d.line(
+                [(x, brow_y - 0.02 * fh), (x, brow_y + 0.12 * fh)],
+                fill=_darker(identity["skin"], 1 - 0.35 * strength) + (255,),
+                width=max(1, int(0.03 * fw)),
+            )
 
     # nose, with wrinkles across the bridge
     nose_tip = eye_y + identity["nose_len"] * fh
     nw = identity["nose_w"] * fw * (1 + 0.35 * params["wrinkle"])
     d.line([(cx, eye_y + 0.02 * fh), (cx - 0.3 * nw, nose_tip)], fill=shade, width=max(1, int(0.04 * fw)))
     for sgn in (-1, 1):
-        d.arc([cx + sgn * nw - 0.5 * nw, nose_tip - 0.4 * nw, cx + sgn * nw + 0.5 * nw, nose_tip + 0.4 * nw],
-              0, 180, fill=shade, width=max(1, int(0.04 * fw)))
+        d.arc(
+            [cx + sgn * nw - 0.5 * nw, nose_tip - 0.4 * nw, cx + sgn * nw + 0.5 * nw, nose_tip + 0.4 * nw],
+            0,
+            180,
+            fill=shade,
+            width=max(1, int(0.04 * fw)),
+        )
     if params["wrinkle"] > 0.2:
         strength = min(1.0, params["wrinkle"])
         for k in range(3):
             y = eye_y + (0.04 + 0.05 * k) * fh
-            d.arc([cx - 0.2 * fw, y - 0.03 * fh, cx + 0.2 * fw, y + 0.04 * fh], 200, 340,
-                  fill=_darker(identity["skin"], 1 - 0.4 * strength) + (255,), width=max(1, int(0.03 * fw)))
+            d.arc(
+                [cx - 0.2 * fw, y - 0.03 * fh, cx + 0.2 * fw, y + 0.04 * fh],
+                200,
+                340,
+                fill=_darker(identity["skin"], 1 - 0.4 * strength) + (255,),
+                width=max(1, int(0.03 * fw)),
+            )
 
     # cheek folds of a smile / sneer
     fold = max(params["curve"], 0.0) + 0.6 * params["lip_raise"]
@@ -294,18 +410,31 @@ def _draw_face_layer(identity, params, hat, clothes, side):
     if fold > 0.3:
         strength = min(1.0, (fold - 0.3) / 0.5)
         for sgn in (-1, 1):
-            d.arc([cx + sgn * (mw + 0.05 * fw) - 0.12 * fw, nose_tip, cx + sgn * (mw + 0.05 * fw) + 0.12 * fw,
-                   mouth_y + 0.1 * fh], 90 - sgn * 80 - 40, 90 - sgn * 80 + 40,
-                  fill=_darker(identity["skin"], 1 - 0.3 * strength) + (255,), width=max(1, int(0.03 * fw)))
+            d.arc(
+                [
+                    cx + sgn * (mw + 0.05 * fw) - 0.12 * fw,
+                    nose_tip,
+                    cx + sgn * (mw + 0.05 * fw) + 0.12 * fw,
+                    mouth_y + 0.1 * fh,
+                ],
+                90 - sgn * 80 - 40,
+                90 - sgn * 80 + 40,
+                fill=_darker(identity["skin"], 1 - 0.3 * strength) + (255,),
+                width=max(1, int(0.03 * fw)),
+            )
 
     if identity["beard"]:
         d.chord([cx - 0.9 * fw, mouth_y - 0.35 * fh, cx + 0.9 * fw, cy + 1.05 * fh], 0, 180, fill=hair)
 
     # mouth: centre line bent by `curve`, one side lifted by `lip_raise`, lips parted by `open`
     t = np.linspace(-1, 1, 25)
-    centre = mouth_y - params["curve"] * 0.18 * fh * t ** 2 \
-        - params["lip_raise"] * 0.10 * fh * np.clip(params["side"] * t, 0, None) + params["curve"] * 0.04 * fh
-    gap = params["open"] * 0.30 * fh * (1 - t ** 2) ** 0.8
+    centre = (
+        mouth_y
+        - params["curve"] * 0.18 * fh * t**2
+        - params["lip_raise"] * 0.10 * fh * np.clip(params["side"] * t, 0, None)
+        + params["curve"] * 0.04 * fh
+    )
+    gap = params["open"] * 0.30 * fh * (1 - t**2) ** 0.8
     upper, lower = centre - 0.35 * gap, centre + 0.65 * gap
     xs = cx + mw * t
     lip = identity["lip"] + (255,)
@@ -411,8 +540,17 @@ def generate_split(seed, split, per_class, size, grey=False):
             intensity = float(sample_intensity(rng))
             vad = sample_vad(name, intensity, rng)
             image = render_face(name, intensity, pool[identity], rng, size=size, grey=grey)
-            samples.append({"class": name, "label": label, "index": i, "intensity": intensity,
-                            "identity": f"{split}-{identity:04d}", "vad": vad, "image": image})
+            samples.append(
+                {
+                    "class": name,
+                    "label": label,
+                    "index": i,
+                    "intensity": intensity,
+                    "identity": f"{split}-{identity:04d}",
+                    "vad": vad,
+                    "image": image,
+                }
+            )
     return samples
 
 
@@ -443,8 +581,7 @@ def _write_rafdb(root, splits, seed):
         for number, k in enumerate(order, 1):
             s = samples[k]
             stem = f"{split}_{number:0{digits}d}"
-            Image.fromarray(s["image"]).save(os.path.join(image_dir, f"{stem}_aligned.jpg"), format="JPEG",
-                                             quality=95)
+            Image.fromarray(s["image"]).save(os.path.join(image_dir, f"{stem}_aligned.jpg"), format="JPEG", quality=95)
             lines.append(f"{stem}.jpg {to_code[s['class']]}")
     with open(os.path.join(root, "rafdb", "EmoLabel", "list_patition_label.txt"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
@@ -458,22 +595,38 @@ def _write_fer2013(root, seed, per_train, per_test, meta):
     for split, per_class in (("fer_train", per_train), ("fer_public", per_test), ("fer_private", per_test)):
         samples = generate_split(seed, split, per_class, FER_SIZE, grey=True)
         order = np.random.default_rng([seed, SPLIT_CODES[split], 555]).permutation(len(samples))
-        rows = [{"emotion": to_code[samples[k]["class"]],
-                 "pixels": " ".join(str(int(v)) for v in samples[k]["image"].ravel()),
-                 "Usage": FER_USAGE[split],
-                 "Valence": samples[k]["vad"][0], "Arousal": samples[k]["vad"][1], "Dominance": samples[k]["vad"][2],
-                 "label_name": samples[k]["class"]} for k in order]
+        rows = [
+            {
+                "emotion": to_code[samples[k]["class"]],
+                "pixels": " ".join(str(int(v)) for v in samples[k]["image"].ravel()),
+                "Usage": FER_USAGE[split],
+                "Valence": samples[k]["vad"][0],
+                "Arousal": samples[k]["vad"][1],
+                "Dominance": samples[k]["vad"][2],
+                "label_name": samples[k]["class"],
+            }
+            for k in order
+        ]
         frame = pd.DataFrame(rows)
         frame.drop(columns=["Usage"]).to_csv(os.path.join(folder, "split", FER_SPLIT_FILES[split]), index=False)
         frames.append(frame)
         offset = sum(len(f) for f in frames[:-1])
         for line, k in enumerate(order, offset + 2):
             s = samples[k]
-            meta.append((split, f"fer2013/fer2013_vad.csv:{line}", s["class"], s["label"],
-                         round(s["intensity"], 4), s["identity"]))
+            meta.append(
+                (
+                    split,
+                    f"fer2013/fer2013_vad.csv:{line}",
+                    s["class"],
+                    s["label"],
+                    round(s["intensity"], 4),
+                    s["identity"],
+                )
+            )
     full = pd.concat(frames, ignore_index=True)
     full[["emotion", "pixels", "Usage", "Valence", "Arousal", "Dominance"]].to_csv(
-        os.path.join(folder, "fer2013_vad.csv"), index=False)
+        os.path.join(folder, "fer2013_vad.csv"), index=False
+    )
 
 
 def logreg_accuracy(train, test, side=32):
@@ -485,8 +638,15 @@ def logreg_accuracy(train, test, side=32):
     from sklearn.preprocessing import StandardScaler
 
     def features(samples):
-        x = np.stack([np.asarray(Image.fromarray(s["image"]).convert("L").resize((side, side), Image.BILINEAR),
-                                 np.float32).ravel() / 255 for s in samples])
+        x = np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(s["image"]).convert("L").resize((side, side), Image.BILINEAR), np.float32
+                ).ravel()
+                / 255
+                for s in samples
+            ]
+        )
         return x, np.array([s["label"] for s in samples])
 
     x_train, y_train = features(train)
@@ -500,8 +660,18 @@ def logreg_accuracy(train, test, side=32):
     return results
 
 
-def make_dataset(out, seed=0, size=64, train_per_class=120, test_per_class=40, rafdb=False, fer2013=False,
-                 fer_train_per_class=120, fer_test_per_class=30, report_logreg=False):
+def make_dataset(
+    out,
+    seed=0,
+    size=64,
+    train_per_class=120,
+    test_per_class=40,
+    rafdb=False,
+    fer2013=False,
+    fer_train_per_class=120,
+    fer_test_per_class=30,
+    report_logreg=False,
+):
     """Write the synthetic dataset under ``out`` (see the module docstring); returns a summary dict.
 
     The summary holds ``out``, ``counts`` {split: images}, and ``logreg`` {C: test accuracy} when
@@ -509,13 +679,19 @@ def make_dataset(out, seed=0, size=64, train_per_class=120, test_per_class=40, r
     """
     if size < 32:
         raise UserError(f"--size {size} is too small to draw a face; use 32 or more.")
-    for flag, value in (("--train_per_class", train_per_class), ("--test_per_class", test_per_class),
-                        ("--fer_train_per_class", fer_train_per_class), ("--fer_test_per_class", fer_test_per_class)):
+    for flag, value in (
+        ("--train_per_class", train_per_class),
+        ("--test_per_class", test_per_class),
+        ("--fer_train_per_class", fer_train_per_class),
+        ("--fer_test_per_class", fer_test_per_class),
+    ):
         if value < 1:
             raise UserError(f"{flag} {value} must be at least 1.")
     ours = os.path.isfile(os.path.join(out, MARKER))
-    splits = {"train": generate_split(seed, "train", train_per_class, size),
-              "test": generate_split(seed, "test", test_per_class, size)}
+    splits = {
+        "train": generate_split(seed, "train", train_per_class, size),
+        "test": generate_split(seed, "test", test_per_class, size),
+    }
     summary = {"out": os.path.abspath(out), "counts": {k: len(v) for k, v in splits.items()}}
     with atomic_output_dir(out, overwrite=ours) as tmp:
         meta = []
@@ -525,26 +701,35 @@ def make_dataset(out, seed=0, size=64, train_per_class=120, test_per_class=40, r
             _write_rafdb(tmp, splits, seed)
         if fer2013:
             _write_fer2013(tmp, seed, fer_train_per_class, fer_test_per_class, meta)
-            summary["counts"].update(fer_training=7 * fer_train_per_class, fer_publictest=7 * fer_test_per_class,
-                                     fer_privatetest=7 * fer_test_per_class)
+            summary["counts"].update(
+                fer_training=7 * fer_train_per_class,
+                fer_publictest=7 * fer_test_per_class,
+                fer_privatetest=7 * fer_test_per_class,
+            )
         pd.DataFrame(meta, columns=["split", "path", "class", "label", "intensity", "identity"]).to_csv(
-            os.path.join(tmp, "metadata.csv"), index=False)
-        command = (f"make_dataset(seed={seed}, size={size}, train_per_class={train_per_class}, "
-                   f"test_per_class={test_per_class}, rafdb={rafdb}, fer2013={fer2013}, "
-                   f"fer_train_per_class={fer_train_per_class}, fer_test_per_class={fer_test_per_class})")
+            os.path.join(tmp, "metadata.csv"), index=False
+        )
+        command = (
+            f"make_dataset(seed={seed}, size={size}, train_per_class={train_per_class}, "
+            f"test_per_class={test_per_class}, rafdb={rafdb}, fer2013={fer2013}, "
+            f"fer_train_per_class={fer_train_per_class}, fer_test_per_class={fer_test_per_class})"
+        )
         with open(os.path.join(tmp, MARKER), "w") as handle:
-            handle.write("Synthetic faces made by tools/make_synthetic_faces.py (procedurally drawn, no real "
-                         "people).\nThe expression decides the class; identity, pose, background and noise are "
-                         f"independent of it.\nParameters: {command}\n"
-                         "This tool replaces this folder when rerun with the same --out.\n")
+            handle.write(
+                "Synthetic faces made by tools/make_synthetic_faces.py (procedurally drawn, no real "
+                "people).\nThe expression decides the class; identity, pose, background and noise are "
+                f"independent of it.\nParameters: {command}\n"
+                "This tool replaces this folder when rerun with the same --out.\n"
+            )
     if report_logreg:
         summary["logreg"] = logreg_accuracy(splits["train"], splits["test"])
     return summary
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
@@ -553,26 +738,43 @@ def parse_args(argv=None):
     parser.add_argument("--rafdb", action="store_true", help="also write the RAF-DB basic layout under OUT/rafdb/")
     parser.add_argument("--fer2013", action="store_true", help="also write FER2013-format CSVs under OUT/fer2013/")
     parser.add_argument("--fer_train_per_class", type=int, default=120, help="FER2013 Training rows per class")
-    parser.add_argument("--fer_test_per_class", type=int, default=30,
-                        help="FER2013 rows per class in each of PublicTest and PrivateTest")
-    parser.add_argument("--report_logreg", action="store_true",
-                        help="print the test accuracy of logistic regression on raw grey 32x32 pixels")
+    parser.add_argument(
+        "--fer_test_per_class",
+        type=int,
+        default=30,
+        help="FER2013 rows per class in each of PublicTest and PrivateTest",
+    )
+    parser.add_argument(
+        "--report_logreg",
+        action="store_true",
+        help="print the test accuracy of logistic regression on raw grey 32x32 pixels",
+    )
     return parser.parse_args(argv)
 
 
 @run_main
 def main(argv=None):
     args = parse_args(argv)
-    summary = make_dataset(args.out, seed=args.seed, size=args.size, train_per_class=args.train_per_class,
-                           test_per_class=args.test_per_class, rafdb=args.rafdb, fer2013=args.fer2013,
-                           fer_train_per_class=args.fer_train_per_class, fer_test_per_class=args.fer_test_per_class,
-                           report_logreg=args.report_logreg)
+    summary = make_dataset(
+        args.out,
+        seed=args.seed,
+        size=args.size,
+        train_per_class=args.train_per_class,
+        test_per_class=args.test_per_class,
+        rafdb=args.rafdb,
+        fer2013=args.fer2013,
+        fer_train_per_class=args.fer_train_per_class,
+        fer_test_per_class=args.fer_test_per_class,
+        report_logreg=args.report_logreg,
+    )
     counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
     print(f"wrote {summary['out']}: {counts} images")
     if "logreg" in summary:
         scores = ", ".join(f"C={c:g}: {acc:.1%}" for c, acc in summary["logreg"].items())
-        print(f"logistic regression on raw grey 32x32 pixels, test accuracy: {scores}; "
-              f"best {max(summary['logreg'].values()):.1%} (chance {1 / len(CLASSES_7):.1%})")
+        print(
+            f"logistic regression on raw grey 32x32 pixels, test accuracy: {scores}; "
+            f"best {max(summary['logreg'].values()):.1%} (chance {1 / len(CLASSES_7):.1%})"
+        )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ sibling folder and renamed at the end: on any error nothing is left behind.
 
 Usage: ``python tools/prepare_affectnet.py --root AffectNet --out data/AffectNet [--classes 8|7] [--link]``
 """
+
 import os
 import sys
 
@@ -39,8 +40,15 @@ from PIL import Image, UnidentifiedImageError
 if __package__ in (None, ""):  # run as `python tools/prepare_affectnet.py`: make `utils` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.convert_common import (add_flag, atomic_output_dir, converter_parser, make_class_dirs,  # noqa: E402
-                                  place_file, print_counts, print_dropped)
+from tools.convert_common import (
+    add_flag,
+    atomic_output_dir,
+    converter_parser,
+    make_class_dirs,  # noqa: E402
+    place_file,
+    print_counts,
+    print_dropped,
+)
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.labels import AFFECTNET_CODES, classes_for  # noqa: E402
 
@@ -48,8 +56,17 @@ SPLITS = ("train", "val")
 NPY_DIRS = {"train": "train_set", "val": "val_set"}
 CSV_FILES = {"train": "training.csv", "val": "validation.csv"}
 CSV_IMAGES = "Manually_Annotated_Images"
-CSV_COLUMNS = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
-               "expression", "valence", "arousal"]
+CSV_COLUMNS = [
+    "subDirectory_filePath",
+    "face_x",
+    "face_y",
+    "face_width",
+    "face_height",
+    "facial_landmarks",
+    "expression",
+    "valence",
+    "arousal",
+]
 DROPPED_CODES = {8: "none (8)", 9: "uncertain (9)", 10: "no face (10)"}
 
 
@@ -61,8 +78,10 @@ def detect_form(root):
         return "npy"
     if os.path.isfile(os.path.join(root, CSV_FILES["train"])):
         return "csv"
-    raise UserError(f"{root} holds neither train_set/ (images + annotations/*_exp.npy) nor training.csv "
-                    f"(+ Manually_Annotated_Images/); pass the AffectNet folder as --root.")
+    raise UserError(
+        f"{root} holds neither train_set/ (images + annotations/*_exp.npy) nor training.csv "
+        f"(+ Manually_Annotated_Images/); pass the AffectNet folder as --root."
+    )
 
 
 def parse_code(value, where):
@@ -81,8 +100,9 @@ def read_npy_split(root, split):
     base = os.path.join(root, NPY_DIRS[split])
     annotations, images = os.path.join(base, "annotations"), os.path.join(base, "images")
     if not os.path.isdir(annotations):
-        raise UserError(f"annotation folder {annotations} not found; AffectNet's {NPY_DIRS[split]}/ needs "
-                        f"annotations/ and images/.")
+        raise UserError(
+            f"annotation folder {annotations} not found; AffectNet's {NPY_DIRS[split]}/ needs annotations/ and images/."
+        )
     items = []
     for name in sorted(os.listdir(annotations)):
         if not name.endswith("_exp.npy"):
@@ -92,9 +112,8 @@ def read_npy_split(root, split):
             value = np.load(path, allow_pickle=False)
             value = value.item() if value.size == 1 else value
         except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read {path} ({exc}); it should hold the expression code as a scalar.") \
-                from None
-        image_id = name[:-len("_exp.npy")]
+            raise UserError(f"cannot read {path} ({exc}); it should hold the expression code as a scalar.") from None
+        image_id = name[: -len("_exp.npy")]
         items.append((os.path.join(images, f"{image_id}.jpg"), parse_code(value, path), f"{image_id}.jpg", path))
     if not items:
         raise UserError(f"{annotations} holds no *_exp.npy files; check --root.")
@@ -122,8 +141,15 @@ def read_csv_split(root, split):
         where = f"{path} line {i + 1 + header}"
         rel = row.subDirectory_filePath.strip()
         box = tuple(getattr(row, c, "") for c in ("face_x", "face_y", "face_width", "face_height"))
-        items.append((os.path.join(root, CSV_IMAGES, rel), parse_code(row.expression, where),
-                      rel.replace("/", "_").replace("\\", "_"), where, box))
+        items.append(
+            (
+                os.path.join(root, CSV_IMAGES, rel),
+                parse_code(row.expression, where),
+                rel.replace("/", "_").replace("\\", "_"),
+                where,
+                box,
+            )
+        )
     return items
 
 
@@ -166,8 +192,10 @@ def convert(root, out, num_classes=8, link=False, crop=False, skip_missing=False
             reason = DROPPED_CODES.get(code) or (None if code in code_to_class else AFFECTNET_CODES[code])
             if reason is None and not os.path.isfile(src):
                 if not skip_missing:
-                    raise UserError(f"image {src} (from {where}) not found; restore it or pass --skip_missing to "
-                                    f"skip missing images.")
+                    raise UserError(
+                        f"image {src} (from {where}) not found; restore it or pass --skip_missing to "
+                        f"skip missing images."
+                    )
                 reason = "missing image"
             if reason is not None:
                 dropped[reason] = dropped.get(reason, 0) + 1
@@ -201,10 +229,15 @@ def parse_args(argv=None):
 @run_main
 def main(argv=None):
     args = parse_args(argv)
-    form, classes, kept, dropped = convert(args.root, args.out, args.classes, args.link, args.crop,
-                                           args.skip_missing, args.overwrite)
-    print_counts(f"wrote {os.path.abspath(args.out)} from the {form} form (kept {sum(kept.values())} images)",
-                 kept, SPLITS, classes)
+    form, classes, kept, dropped = convert(
+        args.root, args.out, args.classes, args.link, args.crop, args.skip_missing, args.overwrite
+    )
+    print_counts(
+        f"wrote {os.path.abspath(args.out)} from the {form} form (kept {sum(kept.values())} images)",
+        kept,
+        SPLITS,
+        classes,
+    )
     print_dropped(dropped)
 
 

@@ -20,6 +20,7 @@ is left behind.
 
 Usage: ``python tools/prepare_ferplus.py --fer2013 fer2013.csv --ferplus fer2013new.csv --out data/FERPlus``
 """
+
 import os
 import sys
 
@@ -30,8 +31,14 @@ from PIL import Image
 if __package__ in (None, ""):  # run as `python tools/prepare_ferplus.py`: make `utils` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.convert_common import (add_flag, atomic_output_dir, converter_parser, make_class_dirs,  # noqa: E402
-                                  print_counts, print_dropped)
+from tools.convert_common import (
+    add_flag,
+    atomic_output_dir,
+    converter_parser,
+    make_class_dirs,  # noqa: E402
+    print_counts,
+    print_dropped,
+)
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.labels import FERPLUS_COLUMNS, FERPLUS_DROPPED_COLUMNS, classes_for  # noqa: E402
 
@@ -50,8 +57,7 @@ def read_csv(path, flag, required):
         raise UserError(f"{flag} file {path} is not a readable CSV ({exc}).") from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        raise UserError(f"{flag} file {path} lacks the column(s) {', '.join(missing)}; expected "
-                        f"{','.join(required)}.")
+        raise UserError(f"{flag} file {path} lacks the column(s) {', '.join(missing)}; expected {','.join(required)}.")
     return frame
 
 
@@ -88,8 +94,10 @@ def read_ferplus(fer2013_path, ferplus_path, num_classes):
     images = read_csv(fer2013_path, "--fer2013", ["pixels"])
     votes = read_csv(ferplus_path, "--ferplus", ["Usage", "Image name"] + VOTE_COLUMNS)
     if len(images) != len(votes):
-        raise UserError(f"--fer2013 {fer2013_path} has {len(images)} rows but --ferplus {ferplus_path} has "
-                        f"{len(votes)}; FERPlus rows must align one to one with FER2013 rows (use the original files).")
+        raise UserError(
+            f"--fer2013 {fer2013_path} has {len(images)} rows but --ferplus {ferplus_path} has "
+            f"{len(votes)}; FERPlus rows must align one to one with FER2013 rows (use the original files)."
+        )
     counts = votes[VOTE_COLUMNS].apply(pd.to_numeric, errors="coerce")
     holes = counts.isna().any(axis=1).to_numpy()
     if holes.any():
@@ -107,8 +115,10 @@ def read_ferplus(fer2013_path, ferplus_path, num_classes):
             dropped["no image name"] = dropped.get("no image name", 0) + 1
             continue
         if usage not in USAGE_TO_SPLIT:
-            raise UserError(f"--ferplus {ferplus_path} line {line} has Usage {usage!r}; expected Training, "
-                            f"PublicTest or PrivateTest.")
+            raise UserError(
+                f"--ferplus {ferplus_path} line {line} has Usage {usage!r}; expected Training, "
+                f"PublicTest or PrivateTest."
+            )
         label, reason = majority_label(vote_values[i], classes)
         if label is None:
             dropped[reason] = dropped.get(reason, 0) + 1

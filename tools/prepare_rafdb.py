@@ -24,6 +24,7 @@ the output helpers live in ``tools/convert_common.py``.
 
 Usage: ``python tools/prepare_rafdb.py --root RAF-DB/basic --out data/RAF-DB [--link]``
 """
+
 import os
 import sys
 
@@ -31,8 +32,14 @@ if __package__ in (None, ""):  # run as `python tools/prepare_rafdb.py`: make th
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset_concept import RAFDB_IMAGES, RAFDB_LIST, read_rafdb_list  # noqa: E402
-from tools.convert_common import (add_flag, atomic_output_dir, converter_parser, make_class_dirs,  # noqa: E402
-                                  place_file, print_counts)
+from tools.convert_common import (
+    add_flag,
+    atomic_output_dir,
+    converter_parser,
+    make_class_dirs,  # noqa: E402
+    place_file,
+    print_counts,
+)
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.labels import CLASSES_7  # noqa: E402
 
@@ -43,15 +50,19 @@ def read_rafdb(root):
     """The samples of a RAF-DB basic folder: a list of (split, image path, class name, file name)."""
     if not os.path.isdir(root):
         raise UserError(f"RAF-DB folder {root} does not exist; pass --root pointing at RAF-DB/basic.")
-    entries = read_rafdb_list(root, "--root must be the RAF-DB basic folder holding "
-                                    "EmoLabel/list_patition_label.txt and Image/aligned/")
-    samples = [(split, os.path.join(root, rel), CLASSES_7[label], os.path.basename(rel))
-               for split, rel, label in entries]
+    entries = read_rafdb_list(
+        root, "--root must be the RAF-DB basic folder holding EmoLabel/list_patition_label.txt and Image/aligned/"
+    )
+    samples = [
+        (split, os.path.join(root, rel), CLASSES_7[label], os.path.basename(rel)) for split, rel, label in entries
+    ]
     missing = [path for _, path, _, _ in samples if not os.path.isfile(path)]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise UserError(f"image {missing[0]}{more} listed in {os.path.join(root, RAFDB_LIST)} not found; restore "
-                        f"the aligned images under {os.path.join(root, RAFDB_IMAGES)}.")
+        raise UserError(
+            f"image {missing[0]}{more} listed in {os.path.join(root, RAFDB_LIST)} not found; restore "
+            f"the aligned images under {os.path.join(root, RAFDB_IMAGES)}."
+        )
     return samples
 
 

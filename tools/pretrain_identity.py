@@ -34,6 +34,7 @@ All files are written atomically.
 
 Usage: ``python tools/pretrain_identity.py [--out output/pretrained_synthetic] [--arch both] [--force]``
 """
+
 import argparse
 import hashlib
 import json
@@ -50,14 +51,13 @@ from utils.errors import UserError, run_main  # noqa: E402  (light: the cache ch
 # Bump when anything that changes the trained weights for the same flags changes (data, model, training).
 RECIPE_VERSION = 1
 ARCHS = ("resnet50", "resnet18")
-FILES = {"resnet50": "synthetic-identity_resnet50_ft_weight.pkl",
-         "resnet18": "synthetic-identity_resnet18_msceleb.pth"}
+FILES = {"resnet50": "synthetic-identity_resnet50_ft_weight.pkl", "resnet18": "synthetic-identity_resnet18_msceleb.pth"}
 REPORT = "identity_pretrain.json"
 DEFAULT_OUT = os.path.join("output", "pretrained_synthetic")
 HOLDOUT_EVERY = 5  # image j of a person is held out when j % 5 == 4
 ARCH_CODES = {"resnet50": 50, "resnet18": 18}  # mixed into the seeds, so each network's run stands alone
 IDENTITY_STREAM = 7001  # tags of the random streams that draw the people and their images; make_synthetic_faces
-IMAGE_STREAM = 7002     # uses other streams, so the demo's people are not among these
+IMAGE_STREAM = 7002  # uses other streams, so the demo's people are not among these
 LABEL_SMOOTHING = 0.1
 WARMUP_FRACTION = 0.05  # of all steps, linear warm-up before the cosine decay
 ZERO_INIT_RESIDUAL = True  # last BN of every residual block starts at 0 (ResNet-50: 6.8% -> 33% after 3 epochs)
@@ -66,11 +66,22 @@ ZERO_INIT_RESIDUAL = True  # last BN of every residual block starts at 0 (ResNet
 # --------------------------------------------------------------------------- settings and cache
 def settings_for(args, arch):
     """Everything that decides ``arch``'s weights (the cache key is their hash)."""
-    return {"recipe_version": RECIPE_VERSION, "arch": arch, "seed": args.seed, "identities": args.identities,
-            "images_per_identity": args.images_per_identity, "size": args.size, "input_size": args.input_size,
-            "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "optimizer": args.optimizer,
-            "weight_decay": args.weight_decay, "label_smoothing": LABEL_SMOOTHING,
-            "holdout_every": HOLDOUT_EVERY}
+    return {
+        "recipe_version": RECIPE_VERSION,
+        "arch": arch,
+        "seed": args.seed,
+        "identities": args.identities,
+        "images_per_identity": args.images_per_identity,
+        "size": args.size,
+        "input_size": args.input_size,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "optimizer": args.optimizer,
+        "weight_decay": args.weight_decay,
+        "label_smoothing": LABEL_SMOOTHING,
+        "holdout_every": HOLDOUT_EVERY,
+    }
 
 
 def cache_key(settings):
@@ -119,8 +130,9 @@ def plan(seed, identities, images_per_identity):
     strata = math.ceil(images_per_identity / len(CLASSES_7))
     for i in range(identities):
         for j in range(images_per_identity):
-            rows.append((i, j, (i + j) % len(CLASSES_7), j // len(CLASSES_7), strata,
-                         j % HOLDOUT_EVERY == HOLDOUT_EVERY - 1))
+            rows.append(
+                (i, j, (i + j) % len(CLASSES_7), j // len(CLASSES_7), strata, j % HOLDOUT_EVERY == HOLDOUT_EVERY - 1)
+            )
     return rows
 
 
@@ -145,7 +157,7 @@ def render_identities(seed, identities, images_per_identity, size, workers=1):
     import numpy as np
 
     rows = plan(seed, identities, images_per_identity)
-    jobs = [(seed, i, rows[i * images_per_identity:(i + 1) * images_per_identity], size) for i in range(identities)]
+    jobs = [(seed, i, rows[i * images_per_identity : (i + 1) * images_per_identity], size) for i in range(identities)]
     if workers > 1 and sys.platform.startswith("linux"):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -257,15 +269,15 @@ def train_arch(arch, args, data, norm):
     torch.manual_seed(args.seed * 1000 + ARCH_CODES[arch])
     generator = torch.Generator().manual_seed(args.seed * 1000 + ARCH_CODES[arch] + 1)
     batch_size = min(args.batch_size, len(train_set))
-    train_loader = make_loader(train_set, batch_size, shuffle=True, drop_last=True, num_workers=0,
-                               generator=generator)
+    train_loader = make_loader(train_set, batch_size, shuffle=True, drop_last=True, num_workers=0, generator=generator)
     eval_loader = make_loader(eval_set, 256, num_workers=0, generator=torch.Generator())
     model = build_model(arch, args.identities)
     if args.optimizer == "adam":
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
-                                    weight_decay=args.weight_decay)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay
+        )
     steps = args.epochs * len(train_loader)
     warmup = max(1, int(WARMUP_FRACTION * steps))
 
@@ -296,19 +308,34 @@ def train_arch(arch, args, data, norm):
             seen += len(y)
         train_seconds = time.perf_counter() - tic
         accuracy = _evaluate(model, arch, eval_loader)
-        record = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
-                  "heldout_identity_acc": accuracy, "images_per_s": seen / max(1e-9, train_seconds),
-                  "seconds": time.perf_counter() - tic}
+        record = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / max(1, seen),
+            "train_acc": correct / max(1, seen),
+            "heldout_identity_acc": accuracy,
+            "images_per_s": seen / max(1e-9, train_seconds),
+            "seconds": time.perf_counter() - tic,
+        }
         log.append(record)
-        print(f"{arch} epoch {epoch + 1}/{args.epochs} | loss {record['loss']:.4f} | train_acc "
-              f"{100 * record['train_acc']:.1f}% | heldout_identity_acc {100 * accuracy:.1f}% | "
-              f"{record['images_per_s']:.0f} img/s | {record['seconds']:.0f} s", flush=True)
-    result = {"heldout_identity_top1": log[-1]["heldout_identity_acc"] if log else 0.0,
-              "chance": 1.0 / args.identities, "train_images": len(train_set), "heldout_images": len(eval_set),
-              "train_seconds": round(time.perf_counter() - start, 2),
-              "train_cpu_seconds": round(time.process_time() - cpu_start, 2),
-              "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-              "load_average_before": load_before, "load_average_after": _load_average(), "epochs_log": log}
+        print(
+            f"{arch} epoch {epoch + 1}/{args.epochs} | loss {record['loss']:.4f} | train_acc "
+            f"{100 * record['train_acc']:.1f}% | heldout_identity_acc {100 * accuracy:.1f}% | "
+            f"{record['images_per_s']:.0f} img/s | {record['seconds']:.0f} s",
+            flush=True,
+        )
+    result = {
+        "heldout_identity_top1": log[-1]["heldout_identity_acc"] if log else 0.0,
+        "chance": 1.0 / args.identities,
+        "train_images": len(train_set),
+        "heldout_images": len(eval_set),
+        "train_seconds": round(time.perf_counter() - start, 2),
+        "train_cpu_seconds": round(time.process_time() - cpu_start, 2),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": _load_average(),
+        "epochs_log": log,
+    }
     return model.eval(), result
 
 
@@ -341,12 +368,15 @@ def resnet50_pickle(model):
             module = getattr(obj, "__module__", None) or pickle.whichmodule(obj, name)
             name = name or obj.__qualname__
             if module.startswith("numpy._core"):  # numpy >= 2 spells numpy 1.x's numpy.core this way
-                module = "numpy.core" + module[len("numpy._core"):]
+                module = "numpy.core" + module[len("numpy._core") :]
             self.write(pickle.GLOBAL + module.encode("ascii") + b"\n" + name.encode("ascii") + b"\n")
             self.memoize(obj)
 
-    arrays = {name.encode("ascii"): tensor.detach().cpu().numpy().copy()
-              for name, tensor in model.state_dict().items() if not name.endswith("num_batches_tracked")}
+    arrays = {
+        name.encode("ascii"): tensor.detach().cpu().numpy().copy()
+        for name, tensor in model.state_dict().items()
+        if not name.endswith("num_batches_tracked")
+    }
     buffer = io.BytesIO()
     Python2Pickler(buffer, protocol=2).dump(arrays)
     return buffer.getvalue()
@@ -373,19 +403,25 @@ def check_writable(out):
             pass
         os.remove(probe)
     except OSError as exc:
-        raise UserError(f"cannot write to --out {out} ({exc.strerror or exc}); pass a folder you can write to.") \
-            from None
+        raise UserError(
+            f"cannot write to --out {out} ({exc.strerror or exc}); pass a folder you can write to."
+        ) from None
 
 
 # --------------------------------------------------------------------------- command line
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (not pretrained/: that is for real files)")
     parser.add_argument("--arch", default="both", choices=(*ARCHS, "both"), help="which network(s) to train")
     parser.add_argument("--identities", type=int, default=100, help="number of synthetic people (fc outputs)")
-    parser.add_argument("--images_per_identity", type=int, default=30,
-                        help="images per person (every 5th held out for the identity accuracy)")
+    parser.add_argument(
+        "--images_per_identity",
+        type=int,
+        default=30,
+        help="images per person (every 5th held out for the identity accuracy)",
+    )
     parser.add_argument("--size", type=int, default=48, help="rendered image side in pixels")
     parser.add_argument("--input_size", type=int, default=40, help="crop size (resize is input_size*256/224)")
     parser.add_argument("--epochs", type=int, default=4, help="training epochs of each network")
@@ -394,8 +430,12 @@ def parse_args(argv=None):
     parser.add_argument("--optimizer", default="adam", choices=("adam", "sgd"), help="AdamW or SGD with momentum")
     parser.add_argument("--weight_decay", type=float, default=5e-4, help="AdamW (decoupled) or SGD weight decay")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                        help="processes that render the faces (does not change the result)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="processes that render the faces (does not change the result)",
+    )
     parser.add_argument("--force", action="store_true", help="retrain even when matching files exist")
     return parser.parse_args(argv)
 
@@ -404,8 +444,10 @@ def check_args(args):
     if args.identities < 2:
         raise UserError(f"--identities {args.identities} must be at least 2.")
     if args.images_per_identity < HOLDOUT_EVERY:
-        raise UserError(f"--images_per_identity {args.images_per_identity} must be at least {HOLDOUT_EVERY} "
-                        f"(one image in {HOLDOUT_EVERY} of every person is held out).")
+        raise UserError(
+            f"--images_per_identity {args.images_per_identity} must be at least {HOLDOUT_EVERY} "
+            f"(one image in {HOLDOUT_EVERY} of every person is held out)."
+        )
     if args.size < 32:
         raise UserError(f"--size {args.size} is too small to draw a face; use 32 or more.")
     if not 16 <= args.input_size <= args.size:
@@ -433,9 +475,11 @@ def pretrain(args):
         if arch not in todo:
             entry = report["archs"][arch]
             accuracy = 100 * entry.get("heldout_identity_top1", float("nan"))
-            print(f"reusing {os.path.join(out, FILES[arch])} (same settings, key {keys[arch]}, sha256 "
-                  f"{entry['sha256'][:12]}...; held-out identity accuracy {accuracy:.1f}%); --force retrains",
-                  flush=True)
+            print(
+                f"reusing {os.path.join(out, FILES[arch])} (same settings, key {keys[arch]}, sha256 "
+                f"{entry['sha256'][:12]}...; held-out identity accuracy {accuracy:.1f}%); --force retrains",
+                flush=True,
+            )
     if not todo:
         return report
     check_writable(out)
@@ -447,33 +491,58 @@ def pretrain(args):
     data = render_identities(args.seed, args.identities, args.images_per_identity, args.size, args.workers)
     images, _, _, held_out = data
     norm = image_norm_stats(images[~held_out])
-    print(f"rendered {len(images)} faces of {args.identities} synthetic people at {args.size} px "
-          f"({int((~held_out).sum())} train, {int(held_out.sum())} held out) in {time.perf_counter() - tic:.1f} s",
-          flush=True)
+    print(
+        f"rendered {len(images)} faces of {args.identities} synthetic people at {args.size} px "
+        f"({int((~held_out).sum())} train, {int(held_out.sum())} held out) in {time.perf_counter() - tic:.1f} s",
+        flush=True,
+    )
 
-    report = {"what": "synthetic stand-ins for the face-identity backbones, trained by tools/pretrain_identity.py "
-                      "on procedurally drawn faces (no real people); not VGGFace2 or MS-Celeb-1M weights",
-              "recipe_version": RECIPE_VERSION, "archs": dict(report.get("archs", {}))}
+    report = {
+        "what": "synthetic stand-ins for the face-identity backbones, trained by tools/pretrain_identity.py "
+        "on procedurally drawn faces (no real people); not VGGFace2 or MS-Celeb-1M weights",
+        "recipe_version": RECIPE_VERSION,
+        "archs": dict(report.get("archs", {})),
+    }
     for arch in todo:
         settings = settings_for(args, arch)
-        print(f"training {arch} on identity ({args.identities} people, {args.epochs} epochs, "
-              f"{args.optimizer} lr {args.lr:g}, batch {args.batch_size}, {args.input_size} px)", flush=True)
+        print(
+            f"training {arch} on identity ({args.identities} people, {args.epochs} epochs, "
+            f"{args.optimizer} lr {args.lr:g}, batch {args.batch_size}, {args.input_size} px)",
+            flush=True,
+        )
         model, result = train_arch(arch, args, data, norm)
-        metadata = {"arch": arch, "num_classes": args.identities, "input": "BGR" if arch == "resnet50" else "RGB",
-                    "norm_mean_rgb": norm[0], "norm_std_rgb": norm[1], "settings": settings, "key": keys[arch],
-                    "heldout_identity_top1": result["heldout_identity_top1"],
-                    "what": "synthetic-identity stand-in (tools/pretrain_identity.py), not real MS-Celeb-1M weights"}
+        metadata = {
+            "arch": arch,
+            "num_classes": args.identities,
+            "input": "BGR" if arch == "resnet50" else "RGB",
+            "norm_mean_rgb": norm[0],
+            "norm_std_rgb": norm[1],
+            "settings": settings,
+            "key": keys[arch],
+            "heldout_identity_top1": result["heldout_identity_top1"],
+            "what": "synthetic-identity stand-in (tools/pretrain_identity.py), not real MS-Celeb-1M weights",
+        }
         blob = resnet50_pickle(model) if arch == "resnet50" else resnet18_checkpoint(model, metadata)
         path = os.path.join(out, FILES[arch])
         atomic_write_bytes(path, blob)
-        entry = {"file": FILES[arch], "key": keys[arch], "settings": settings,
-                 "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob),
-                 "input_channels": metadata["input"], "norm_mean_rgb": norm[0], "norm_std_rgb": norm[1], **result}
+        entry = {
+            "file": FILES[arch],
+            "key": keys[arch],
+            "settings": settings,
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "bytes": len(blob),
+            "input_channels": metadata["input"],
+            "norm_mean_rgb": norm[0],
+            "norm_std_rgb": norm[1],
+            **result,
+        }
         report["archs"][arch] = entry
         write_json(os.path.join(out, REPORT), report)  # after each network: a kill keeps what is done
-        print(f"{arch}: held-out identity accuracy {100 * result['heldout_identity_top1']:.1f}% "
-              f"(chance {100 / args.identities:.1f}%), trained in {result['train_seconds']:.0f} s; wrote {path}",
-              flush=True)
+        print(
+            f"{arch}: held-out identity accuracy {100 * result['heldout_identity_top1']:.1f}% "
+            f"(chance {100 / args.identities:.1f}%), trained in {result['train_seconds']:.0f} s; wrote {path}",
+            flush=True,
+        )
     return report
 
 

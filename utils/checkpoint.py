@@ -5,6 +5,7 @@ renamed over the target, so a kill during a save leaves the previous file intact
 hold tensors and plain Python types only and are read with ``weights_only=True``: a checkpoint
 that asks to run code is refused.
 """
+
 import contextlib
 import hashlib
 import io
@@ -132,11 +133,15 @@ def load_checkpoint(path, what="checkpoint", mmap=False):
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise UserError(f"{what} {path} is refused: it is not a plain tensor checkpoint ({first}); only files "
-                        f"that load with weights_only=True are accepted.") from None
+        raise UserError(
+            f"{what} {path} is refused: it is not a plain tensor checkpoint ({first}); only files "
+            f"that load with weights_only=True are accepted."
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise UserError(f"{what} {path} is corrupt or truncated ({str(exc).splitlines()[0]}); use another copy "
-                        f"(checkpoint-last.pth and checkpoint-best.pth are written atomically).") from None
+        raise UserError(
+            f"{what} {path} is corrupt or truncated ({str(exc).splitlines()[0]}); use another copy "
+            f"(checkpoint-last.pth and checkpoint-best.pth are written atomically)."
+        ) from None
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -146,8 +151,7 @@ def rng_state():
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state = {
         "python": [py_version, list(py_state), py_gauss],
-        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss),
-                  float(np_gauss)],
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss), float(np_gauss)],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

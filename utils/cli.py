@@ -3,6 +3,7 @@
 Defaults are the paper's (docs/method.md) and chain the stages: RAF-DB class folders at
 data/RAF-DB/{train,test}, outputs under output/<stage>.
 """
+
 import argparse
 import os
 import platform
@@ -26,17 +27,25 @@ def default_workers():
 
 
 def common_parser(description, output_dir, epochs, lr_schedule=True):
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = parser.add_argument_group("data")
-    data.add_argument("--data_path", default=DEFAULT_TRAIN_PATH, help="training split (class folders, RAF-DB root or CSV)")
-    data.add_argument("--eval_data_path", default=DEFAULT_EVAL_PATH,
-                      help="split that selects the best epoch (a FER2013 file with Usage: the same file, PublicTest)")
-    data.add_argument("--test_data_path", default="", help="optional split evaluated and reported, never used to choose")
+    data.add_argument(
+        "--data_path", default=DEFAULT_TRAIN_PATH, help="training split (class folders, RAF-DB root or CSV)"
+    )
+    data.add_argument(
+        "--eval_data_path",
+        default=DEFAULT_EVAL_PATH,
+        help="split that selects the best epoch (a FER2013 file with Usage: the same file, PublicTest)",
+    )
+    data.add_argument(
+        "--test_data_path", default="", help="optional split evaluated and reported, never used to choose"
+    )
     data.add_argument("--dataset", default="folder", choices=DATASETS, help="format of the three paths")
     data.add_argument("--input_size", type=int, default=224, help="crop size; the resize is input_size*256/224")
     data.add_argument("--num_workers", type=int, default=default_workers())
-    data.add_argument("--skip_bad_images", action="store_true", help="skip and count unreadable images instead of stopping")
+    data.add_argument(
+        "--skip_bad_images", action="store_true", help="skip and count unreadable images instead of stopping"
+    )
     data.add_argument("--norm_cache", default="output/cache", help="folder caching normalisation statistics ('' = off)")
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default=output_dir)
@@ -47,19 +56,29 @@ def common_parser(description, output_dir, epochs, lr_schedule=True):
     run.add_argument("--blr", type=float, default=1e-4, help="learning rate per process")
     run.add_argument("--weight_decay", type=float, default=1e-5)
     if lr_schedule:
-        run.add_argument("--lr_schedule", default="reference", choices=("reference", "cosine"),
-                         help="reference: CosineAnnealingLR(T_max=5) stepped every iteration; cosine: per-epoch cosine")
+        run.add_argument(
+            "--lr_schedule",
+            default="reference",
+            choices=("reference", "cosine"),
+            help="reference: CosineAnnealingLR(T_max=5) stepped every iteration; cosine: per-epoch cosine",
+        )
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    run.add_argument("--resume", default="", help="checkpoint to continue from, or 'auto' for OUTPUT_DIR/checkpoint-last.pth")
+    run.add_argument(
+        "--resume", default="", help="checkpoint to continue from, or 'auto' for OUTPUT_DIR/checkpoint-last.pth"
+    )
     run.add_argument("--eval", action="store_true", help="only evaluate the --resume checkpoint")
     run.add_argument("--dist_url", default="env://")
     run.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16, or fp16 with GradScaler)")
     run.add_argument("--channels_last", action="store_true", help="channels_last memory format (faster on recent GPUs)")
     if epochs is not None:  # the training stages
-        run.add_argument("--classifier_input", default="scaled", choices=("scaled", "unit"),
-                         help="scaled: the class head reads sqrt(256) x the unit feature (learns as fast as a linear "
-                              "classifier); unit: the unit feature itself, as the published code (learns ~10x slower)")
+        run.add_argument(
+            "--classifier_input",
+            default="scaled",
+            choices=("scaled", "unit"),
+            help="scaled: the class head reads sqrt(256) x the unit feature (learns as fast as a linear "
+            "classifier); unit: the unit feature itself, as the published code (learns ~10x slower)",
+        )
     return parser
 
 
@@ -68,71 +87,119 @@ def concept_parser() -> argparse.ArgumentParser:
     """Stage 1's flags (main_concept.py)."""
     parser = common_parser("CRPN stage 1: the conceptual pathway", os.path.join("output", "concept"), epochs=100)
     method = parser.add_argument_group("method (defaults: the paper)")
-    method.add_argument("--pretrained", default=os.path.join("pretrained", "resnet50_ft_weight.pkl"),
-                        help="VGGFace2 ResNet-50 pickle for both encoders, or 'none' to start from random weights")
+    method.add_argument(
+        "--pretrained",
+        default=os.path.join("pretrained", "resnet50_ft_weight.pkl"),
+        help="VGGFace2 ResNet-50 pickle for both encoders, or 'none' to start from random weights",
+    )
     method.add_argument("--alpha", type=float, default=0.1, help="weight of L_orth")
     method.add_argument("--beta", type=float, default=1.0, help="weight of L_focal + L_RR")
     method.add_argument("--gamma", type=float, default=0.01, help="weight of L_CC")
-    method.add_argument("--focal_alpha", default=None,
-                        help="per-class focal alphas: 'rafdb' (the paper's, for the 7 canonical classes), 'auto' "
-                             "(from class frequencies) or a comma-separated list in label order; default rafdb for "
-                             "RAF-DB (--dataset rafdb, or folder with the 7 canonical classes), auto otherwise")
+    method.add_argument(
+        "--focal_alpha",
+        default=None,
+        help="per-class focal alphas: 'rafdb' (the paper's, for the 7 canonical classes), 'auto' "
+        "(from class frequencies) or a comma-separated list in label order; default rafdb for "
+        "RAF-DB (--dataset rafdb, or folder with the 7 canonical classes), auto otherwise",
+    )
     method.add_argument("--focal_gamma", type=float, default=2.0)
     method.add_argument("--rr_ratio", type=float, default=0.7, help="share of the batch in the high-confidence group")
     method.add_argument("--rr_margin", type=float, default=0.15)
-    method.add_argument("--cc_mode", default="dims", choices=("dims", "standard"),
-                        help="L_CC form: 'dims' (reference dimension views) or 'standard' (one 256-d view per sample)")
+    method.add_argument(
+        "--cc_mode",
+        default="dims",
+        choices=("dims", "standard"),
+        help="L_CC form: 'dims' (reference dimension views) or 'standard' (one 256-d view per sample)",
+    )
     method.add_argument("--temperature", type=float, default=0.07)
-    method.add_argument("--nonemotion_bn_update", action="store_true",
-                        help="reproduce the reference quirk: the frozen non-emotion backbone's BatchNorm statistics update")
+    method.add_argument(
+        "--nonemotion_bn_update",
+        action="store_true",
+        help="reproduce the reference quirk: the frozen non-emotion backbone's BatchNorm statistics update",
+    )
     return parser
 
 
 def confidence_parser() -> argparse.ArgumentParser:
     """Stage 2's flags (high_confidence.py)."""
-    parser = common_parser("CRPN stage 2: confidence scores, thresholds, pools and feature bank",
-                           os.path.join("output", "confidence"), epochs=None, lr_schedule=False)
+    parser = common_parser(
+        "CRPN stage 2: confidence scores, thresholds, pools and feature bank",
+        os.path.join("output", "confidence"),
+        epochs=None,
+        lr_schedule=False,
+    )
     parser.set_defaults(input_size=None, batch_size=128)
     group = parser.add_argument_group("stage 2")
     group.add_argument("--concept_ckpt", default=DEFAULT_CONCEPT, help="stage-1 checkpoint")
     group.add_argument("--percentile", type=float, default=0.2, help="per-class threshold percentile")
-    group.add_argument("--score_transform", default="eval", choices=("eval", "train"),
-                       help="eval: deterministic resize + centre crop; train: the reference's random augmentations")
+    group.add_argument(
+        "--score_transform",
+        default="eval",
+        choices=("eval", "train"),
+        help="eval: deterministic resize + centre crop; train: the reference's random augmentations",
+    )
     return parser
 
 
 def percept_parser() -> argparse.ArgumentParser:
     """Stage 3's flags (main_percept.py), the multi-task model's included."""
-    parser = common_parser("CRPN stage 3: the concept-regularised perceptual network",
-                           os.path.join("output", "percept"), epochs=40)
+    parser = common_parser(
+        "CRPN stage 3: the concept-regularised perceptual network", os.path.join("output", "percept"), epochs=40
+    )
     method = parser.add_argument_group("method (defaults: the paper)")
-    method.add_argument("--backbone", default="resnet18",
-                        help="perceptual network backbone by name (models/backbones.py): resnet18 (the paper's "
-                             "MS-Celeb ResNet-18), resnet34, resnet50, mobilenet_v3_large, efficientnet_b0")
-    method.add_argument("--pretrained", default=None,
-                        help="backbone weights (torchvision layout; default pretrained/resnet18_msceleb.pth for "
-                             "resnet18, none for the others), or 'none' to start from random weights")
+    method.add_argument(
+        "--backbone",
+        default="resnet18",
+        help="perceptual network backbone by name (models/backbones.py): resnet18 (the paper's "
+        "MS-Celeb ResNet-18), resnet34, resnet50, mobilenet_v3_large, efficientnet_b0",
+    )
+    method.add_argument(
+        "--pretrained",
+        default=None,
+        help="backbone weights (torchvision layout; default pretrained/resnet18_msceleb.pth for "
+        "resnet18, none for the others), or 'none' to start from random weights",
+    )
     method.add_argument("--concept_ckpt", default=DEFAULT_CONCEPT, help="stage-1 checkpoint (frozen)")
     method.add_argument("--confidence_dir", default=DEFAULT_CONFIDENCE, help="stage-2 artefacts")
     method.add_argument("--concept_target", default="pool", choices=("pool", "self", "none"))
-    method.add_argument("--pool_features", default="online", choices=("online", "bank"),
-                        help="online: encode pooled images each step; bank: stage 2's features, no concept forward")
+    method.add_argument(
+        "--pool_features",
+        default="online",
+        choices=("online", "bank"),
+        help="online: encode pooled images each step; bank: stage 2's features, no concept forward",
+    )
     method.add_argument("--k", type=int, default=8, help="pooled concepts averaged per low-confidence sample")
-    method.add_argument("--alpha", type=float, default=None,
-                        help="weight of CE: 2 (the paper's stage 3), or 1 with --vad (the multi-task loss of docs/method.md)")
+    method.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="weight of CE: 2 (the paper's stage 3), or 1 with --vad (the multi-task loss of docs/method.md)",
+    )
     method.add_argument("--beta", type=float, default=1.0, help="weight of MMD")
     method.add_argument("--gamma", type=float, default=1.0, help="weight of KL")
-    method.add_argument("--teacher_filter", default="none", choices=("none", "correct"),
-                        help="none: the paper's high-confidence mask; correct: also require the concept model to "
-                             "classify the sample correctly (a remedy for a weak concept model)")
-    method.add_argument("--weak_teacher_acc", type=float, default=50.0,
-                        help="warn when the concept model's eval accuracy (%%) is below this")
+    method.add_argument(
+        "--teacher_filter",
+        default="none",
+        choices=("none", "correct"),
+        help="none: the paper's high-confidence mask; correct: also require the concept model to "
+        "classify the sample correctly (a remedy for a weak concept model)",
+    )
+    method.add_argument(
+        "--weak_teacher_acc",
+        type=float,
+        default=50.0,
+        help="warn when the concept model's eval accuracy (%%) is below this",
+    )
     vad = parser.add_argument_group("multi-task category + Valence/Arousal/Dominance")
     vad.add_argument("--vad", action="store_true", help="add the VAD head (needs --dataset fer2013 with VAD columns)")
     vad.add_argument("--lambda_vad", type=float, default=1.0, help="weight of the VAD MSE")
     vad.add_argument("--lambda_cons", type=float, default=0.1, help="weight of the category/VAD sign consistency")
-    vad.add_argument("--cons_weights", default="prob", choices=("prob", "label"),
-                     help="weight the sign penalty by predicted class probabilities or by the true label")
+    vad.add_argument(
+        "--cons_weights",
+        default="prob",
+        choices=("prob", "label"),
+        help="weight the sign penalty by predicted class probabilities or by the true label",
+    )
     vad.add_argument("--skip_missing_vad", action="store_true", help="drop rows with missing VAD instead of stopping")
     return parser
 
@@ -203,16 +270,24 @@ def prepare_resume(args, meta):
     path = resolve_resume(args.resume, args.output_dir, run_id if restarts else None)
     if restarts:
         last = os.path.join(args.output_dir, "checkpoint-last.pth")
-        print(f"torchrun restarted the workers (restart {restarts}); "
-              + (f"continuing from {last}." if path == last else
-                 f"this job saved no checkpoint-last.pth in {args.output_dir} yet, so it starts "
-                 + (f"again from {path}." if path else "from scratch.")), flush=True)
+        print(
+            f"torchrun restarted the workers (restart {restarts}); "
+            + (
+                f"continuing from {last}."
+                if path == last
+                else f"this job saved no checkpoint-last.pth in {args.output_dir} yet, so it starts "
+                + (f"again from {path}." if path else "from scratch.")
+            ),
+            flush=True,
+        )
     if path:
         checkpoint = load_checkpoint(path, mmap=True)
         check_meta(checkpoint, meta, path)
         if "optimizer" not in checkpoint:
-            raise UserError(f"{path} holds weights only (a checkpoint-best.pth), not the training state; continue "
-                            f"training from checkpoint-last.pth of the same output folder, or evaluate it with --eval.")
+            raise UserError(
+                f"{path} holds weights only (a checkpoint-best.pth), not the training state; continue "
+                f"training from checkpoint-last.pth of the same output folder, or evaluate it with --eval."
+            )
     args.resume = path
 
 
@@ -235,7 +310,13 @@ def write_config(args, files=None):
         files["resume"] = args.resume
     hashes = {role: {"path": os.path.abspath(path), "sha256": sha256_file(path)} for role, path in files.items()}
     os.makedirs(args.output_dir, exist_ok=True)
-    config = {"args": plain_args(args), "files_sha256": hashes, "world_size": args.world_size,
-              "device": args.device_name, "torch": torch.__version__, "python": platform.python_version(),
-              "cuda_device": torch.cuda.get_device_name(args.device_obj) if args.device_obj.type == "cuda" else None}
+    config = {
+        "args": plain_args(args),
+        "files_sha256": hashes,
+        "world_size": args.world_size,
+        "device": args.device_name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda_device": torch.cuda.get_device_name(args.device_obj) if args.device_obj.type == "cuda" else None,
+    }
     write_json(os.path.join(args.output_dir, "config.json"), config)

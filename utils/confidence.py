@@ -1,5 +1,6 @@
 """Stage 2's library part: scoring a training set with the frozen concept model, the per-class
 thresholds that split it into high- and low-confidence samples, and the histogram figure."""
+
 import math
 import os
 
@@ -27,8 +28,10 @@ def per_class_thresholds(confidence, labels, num_classes: int, percentile: float
         scores = np.sort(confidence[labels == c])
         if scores.size == 0:
             name = classes[c] if classes else c
-            raise UserError(f"class {name!r} has no training image, so it has no high-score pool; every class "
-                            f"needs training images.")
+            raise UserError(
+                f"class {name!r} has no training image, so it has no high-score pool; every class "
+                f"needs training images."
+            )
         thresholds.append(float(scores[int(math.floor(percentile * scores.size))]))
         counts.append(int(scores.size))
     mask = confidence >= np.asarray(thresholds)[labels]
@@ -88,28 +91,54 @@ def write_artefacts(output_dir: str, dataset, scores: dict, percentile: float, e
     labels = np.asarray(dataset.targets)[indices]
     confidence = scores["confidence"].numpy().astype(np.float64)
     thresholds, counts, mask = per_class_thresholds(confidence, labels, len(classes), percentile, classes)
-    frame = pd.DataFrame({"path": [dataset.relpath(i) for i in indices], "label": labels,
-                          "class": [classes[c] for c in labels], "confidence": confidence,
-                          "pred": scores["logits"].argmax(1).numpy()})
+    frame = pd.DataFrame(
+        {
+            "path": [dataset.relpath(i) for i in indices],
+            "label": labels,
+            "class": [classes[c] for c in labels],
+            "confidence": confidence,
+            "pred": scores["logits"].argmax(1).numpy(),
+        }
+    )
     pool_sizes = [int(mask[labels == c].sum()) for c in range(len(classes))]
     os.makedirs(output_dir, exist_ok=True)
     write_csv(os.path.join(output_dir, "scores_train.csv"), frame)
     write_csv(os.path.join(output_dir, "pool.csv"), frame[mask])
-    write_json(os.path.join(output_dir, "thresholds.json"),
-               {"percentile": percentile, "classes": classes, "thresholds": thresholds, "counts": counts,
-                "pool_sizes": pool_sizes, "score_transform": extra["score_transform"],
-                "concept_sha256": extra["concept_sha256"]})
-    save_checkpoint(os.path.join(output_dir, "bank.pt"), {
-        "features": scores["e"], "logits": scores["logits"], "confidence": scores["confidence"],
-        "labels": torch.from_numpy(labels.astype(np.int64)), "mask": torch.from_numpy(mask),
-        "paths": list(frame["path"]), "classes": classes, "thresholds": thresholds, "percentile": percentile,
-        "data_fingerprint": dataset.fingerprint(), **extra})
+    write_json(
+        os.path.join(output_dir, "thresholds.json"),
+        {
+            "percentile": percentile,
+            "classes": classes,
+            "thresholds": thresholds,
+            "counts": counts,
+            "pool_sizes": pool_sizes,
+            "score_transform": extra["score_transform"],
+            "concept_sha256": extra["concept_sha256"],
+        },
+    )
+    save_checkpoint(
+        os.path.join(output_dir, "bank.pt"),
+        {
+            "features": scores["e"],
+            "logits": scores["logits"],
+            "confidence": scores["confidence"],
+            "labels": torch.from_numpy(labels.astype(np.int64)),
+            "mask": torch.from_numpy(mask),
+            "paths": list(frame["path"]),
+            "classes": classes,
+            "thresholds": thresholds,
+            "percentile": percentile,
+            "data_fingerprint": dataset.fingerprint(),
+            **extra,
+        },
+    )
     save_histograms(os.path.join(output_dir, "confidence_hist.png"), confidence, labels, classes, thresholds)
     return {"images": len(frame), "thresholds": thresholds, "counts": counts, "pool_sizes": pool_sizes}
 
 
-def filter_by_correctness(mask: torch.Tensor, correct: torch.Tensor, labels: torch.Tensor,
-                          num_classes: int) -> tuple[torch.Tensor, list[int]]:
+def filter_by_correctness(
+    mask: torch.Tensor, correct: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, list[int]]:
     """The high-confidence mask restricted to samples the concept model classifies correctly
     (``--teacher_filter correct``): mask_i and correct_i. A class left with no such sample keeps its
     unfiltered mask (its pool would be empty otherwise); those classes are returned as the second value."""
@@ -131,13 +160,19 @@ def teacher_quality(bank: dict, eval_acc: float | None, min_acc: float) -> tuple
     when the eval accuracy (or, unknown, the training accuracy) is below ``min_acc``."""
     labels = bank["labels"]
     num_classes = len(bank["classes"])
-    figures = {"train_acc": 100.0 * float((bank["logits"].argmax(1) == labels).double().mean()),
-               "eval_acc": eval_acc, "chance": 100.0 / num_classes}
+    figures = {
+        "train_acc": 100.0 * float((bank["logits"].argmax(1) == labels).double().mean()),
+        "eval_acc": eval_acc,
+        "chance": 100.0 / num_classes,
+    }
     judged = eval_acc if eval_acc is not None else figures["train_acc"]
     if judged >= min_acc:
         return figures, None
-    where = (f"{eval_acc:.1f} % on its eval split, " if eval_acc is not None else "") + \
-        f"{figures['train_acc']:.1f} % on the training images (chance {figures['chance']:.1f} %)"
-    return figures, (f"warning: the concept model is weak ({where}, below --weak_teacher_acc {min_acc:g}); "
-                     f"concepts this weak can pull the perceptual network below one trained alone (README, "
-                     f"'A weak teacher'); --teacher_filter correct distils only where the concept model is right.")
+    where = (
+        f"{eval_acc:.1f} % on its eval split, " if eval_acc is not None else ""
+    ) + f"{figures['train_acc']:.1f} % on the training images (chance {figures['chance']:.1f} %)"
+    return figures, (
+        f"warning: the concept model is weak ({where}, below --weak_teacher_acc {min_acc:g}); "
+        f"concepts this weak can pull the perceptual network below one trained alone (README, "
+        f"'A weak teacher'); --teacher_filter correct distils only where the concept model is right."
+    )

@@ -6,6 +6,7 @@ silences every rank but 0, seeds each process with ``seed + rank`` and offers ex
 evaluation: each rank takes ``indices[rank::world_size]`` (no padding, no duplicates) and results
 are summed across ranks, never averaged.
 """
+
 import builtins
 import datetime
 import os
@@ -60,8 +61,10 @@ def init_distributed(device="auto", dist_url="env://", timeout_minutes=30):
     resolved = resolve_device(device, local_rank)
     backend = "nccl" if resolved.type == "cuda" else "gloo"
     if dist_url == "env://" and "MASTER_ADDR" not in os.environ:
-        raise UserError("a multi-process run needs MASTER_ADDR and MASTER_PORT; launch it with torchrun "
-                        "(or set them in the SLURM script, see README).")
+        raise UserError(
+            "a multi-process run needs MASTER_ADDR and MASTER_PORT; launch it with torchrun "
+            "(or set them in the SLURM script, see README)."
+        )
     timeout = datetime.timedelta(minutes=timeout_minutes)
     store, restart = None, os.environ.get("TORCHELASTIC_RESTART_COUNT")
     if dist_url == "env://" and restart is not None:
@@ -69,12 +72,17 @@ def init_distributed(device="auto", dist_url="env://", timeout_minutes=30):
         # group would read the failed one's keys (gloo addresses, NCCL ids) and hang, so each attempt gets its own
         store = next(rendezvous(dist_url, rank, world_size, timeout=timeout))[0]
         store = dist.PrefixStore(f"attempt_{restart}/", store)
-    dist.init_process_group(backend=backend, init_method=None if store else dist_url, store=store,
-                            world_size=world_size, rank=rank, timeout=timeout,
-                            device_id=resolved if resolved.type == "cuda" else None)
+    dist.init_process_group(
+        backend=backend,
+        init_method=None if store else dist_url,
+        store=store,
+        world_size=world_size,
+        rank=rank,
+        timeout=timeout,
+        device_id=resolved if resolved.type == "cuda" else None,
+    )
     setup_for_distributed(rank == 0)
-    return {"distributed": True, "rank": rank, "world_size": world_size, "local_rank": local_rank,
-            "device": resolved}
+    return {"distributed": True, "rank": rank, "world_size": world_size, "local_rank": local_rank, "device": resolved}
 
 
 def setup_for_distributed(is_master):
@@ -119,7 +127,7 @@ def seed_everything(seed, rank=None):
     """Seed python, numpy and torch with ``seed + rank`` so ranks draw different augmentations."""
     seed = int(seed) + (get_rank() if rank is None else rank)
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     return seed
 
@@ -167,4 +175,6 @@ def wrap_ddp(model, device):
     """DistributedDataParallel around ``model`` in a multi-process run, the model itself otherwise."""
     if not is_dist():
         return model
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )

@@ -13,6 +13,7 @@
 An *objective* is what a stage optimises: ``objective(model, batch) -> (loss, parts, outputs)`` and
 ``objective.predict(model, batch) -> {"logits"[, "vad"]}`` (utils/objectives.py).
 """
+
 import contextlib
 import os
 import time
@@ -89,8 +90,19 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler=
         optimizer.step()
 
 
-def train_one_epoch(model, loss_fn, loader, optimizer, device: torch.device, epoch: int, scheduler=None,
-                    per_iteration: bool = True, scaler=None, amp_dtype=None, channels_last: bool = False) -> dict:
+def train_one_epoch(
+    model,
+    loss_fn,
+    loader,
+    optimizer,
+    device: torch.device,
+    epoch: int,
+    scheduler=None,
+    per_iteration: bool = True,
+    scaler=None,
+    amp_dtype=None,
+    channels_last: bool = False,
+) -> dict:
     """Train one epoch. ``loss_fn(model, batch) -> (loss, parts, outputs)`` where ``parts`` maps names
     to detached scalar tensors (logged as ``train_<name>``) and ``outputs`` holds ``logits`` (train
     accuracy) and, for the multi-task model, ``vad`` (train VAD statistics).
@@ -109,8 +121,10 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device: torch.device, epo
         with autocast(device, amp_dtype):
             loss, parts, outputs = loss_fn(model, batch)
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"the training loss became {loss.item()} at epoch {epoch}, step {step}; the run "
-                                f"stops and checkpoint-last.pth is the last good state (lower --lr or check the data).")
+            raise NonFiniteLoss(
+                f"the training loss became {loss.item()} at epoch {epoch}, step {step}; the run "
+                f"stops and checkpoint-last.pth is the last good state (lower --lr or check the data)."
+            )
         optimizer_step(loss, optimizer, scaler)
         if scheduler is not None and per_iteration:
             scheduler.step()
@@ -130,8 +144,10 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device: torch.device, epo
     if scheduler is not None and not per_iteration:
         scheduler.step()
     if sums is None:
-        raise UserError("the training loader gave no batch; the training set is smaller than --batch_size "
-                        "(batches are full-size only) or every image was skipped.")
+        raise UserError(
+            "the training loader gave no batch; the training set is smaller than --batch_size "
+            "(batches are full-size only) or every image was skipped."
+        )
     counts = torch.tensor([float(correct), seen, skipped], dtype=torch.float64, device=device)
     du.all_reduce_sum(sums)
     du.all_reduce_sum(counts)
@@ -155,8 +171,9 @@ def reduce_vad(stats: RegressionStats, device: torch.device) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, predict_fn, loader, device: torch.device, classes: list, amp_dtype=None,
-             channels_last: bool = False) -> dict:
+def evaluate(
+    model, predict_fn, loader, device: torch.device, classes: list, amp_dtype=None, channels_last: bool = False
+) -> dict:
     """Evaluate ``predict_fn(model, batch) -> {"logits"[, "vad"]}`` over a sharded loader.
 
     Returns ``loss``, ``acc``, ``mean_class_acc`` (percent), ``confusion`` (C x C tensor, rows true)
@@ -189,9 +206,15 @@ def evaluate(model, predict_fn, loader, device: torch.device, classes: list, amp
     if total == 0:
         raise UserError("the evaluation split gave no readable image.")
     summary = classification_summary(confusion.numpy(), classes)
-    result = {"loss": loss_sum[0].item() / total, "acc": 100.0 * summary["accuracy"],
-              "mean_class_acc": 100.0 * summary["mean_class_accuracy"], "macro_f1": 100.0 * summary["macro_f1"],
-              "confusion": confusion, "report": summary["per_class"], "images": total}
+    result = {
+        "loss": loss_sum[0].item() / total,
+        "acc": 100.0 * summary["accuracy"],
+        "mean_class_acc": 100.0 * summary["mean_class_accuracy"],
+        "macro_f1": 100.0 * summary["macro_f1"],
+        "confusion": confusion,
+        "report": summary["per_class"],
+        "images": total,
+    }
     if loss_sum[1].item():
         result["skipped_images"] = int(loss_sum[1].item())
     if vad_stats is not None:
@@ -209,12 +232,21 @@ def write_eval_report(output_dir: str, split: str, result: dict, classes: list, 
     if not du.is_main_process():
         return
     os.makedirs(output_dir, exist_ok=True)
-    metrics = {"split": split, **{k: v for k, v in result.items() if k not in ("confusion",)},
-               "classes": list(classes), "confusion": result["confusion"].tolist(), **(extra or {})}
+    metrics = {
+        "split": split,
+        **{k: v for k, v in result.items() if k not in ("confusion",)},
+        "classes": list(classes),
+        "confusion": result["confusion"].tolist(),
+        **(extra or {}),
+    }
     write_json(os.path.join(output_dir, "metrics.json" if split == "eval" else f"metrics_{split}.json"), metrics)
     suffix = "" if split == "eval" else f"_{split}"
-    save_confusion_matrix(result["confusion"].numpy(), classes, os.path.join(output_dir, f"confusion_matrix{suffix}.csv"),
-                          os.path.join(output_dir, f"confusion_matrix{suffix}.png"))
+    save_confusion_matrix(
+        result["confusion"].numpy(),
+        classes,
+        os.path.join(output_dir, f"confusion_matrix{suffix}.csv"),
+        os.path.join(output_dir, f"confusion_matrix{suffix}.png"),
+    )
 
 
 # --------------------------------------------------------------------------- the stage
@@ -230,8 +262,9 @@ class Trainer:
     writes stage-specific records on rank 0.
     """
 
-    def __init__(self, args, model: nn.Module, objective, meta: dict, select_metric: str = "eval_acc",
-                 on_epoch_end=None):
+    def __init__(
+        self, args, model: nn.Module, objective, meta: dict, select_metric: str = "eval_acc", on_epoch_end=None
+    ):
         self.args = args
         self.device = args.device_obj
         model = model.to(self.device)
@@ -250,13 +283,24 @@ class Trainer:
     # ---------------------------------------------------------------- one epoch, one evaluation
     def train_epoch(self, loader, epoch: int) -> dict:
         """One epoch of the objective over ``loader`` (see :func:`train_one_epoch`)."""
-        return train_one_epoch(self.ddp_model, self.objective, loader, self.optimizer, self.device, epoch,
-                               self.scheduler, self.per_iteration, self.scaler, self.amp_dtype,
-                               self.args.channels_last)
+        return train_one_epoch(
+            self.ddp_model,
+            self.objective,
+            loader,
+            self.optimizer,
+            self.device,
+            epoch,
+            self.scheduler,
+            self.per_iteration,
+            self.scaler,
+            self.amp_dtype,
+            self.args.channels_last,
+        )
 
     def evaluate(self, loader, classes: list) -> dict:
-        return evaluate(self.model, self.objective.predict, loader, self.device, classes, self.amp_dtype,
-                        self.args.channels_last)
+        return evaluate(
+            self.model, self.objective.predict, loader, self.device, classes, self.amp_dtype, self.args.channels_last
+        )
 
     # ---------------------------------------------------------------- checkpoints
     def state(self, epoch: int, best: dict, history: list, rng: list) -> dict:
@@ -286,8 +330,10 @@ class Trainer:
         if len(states) == du.get_world_size():
             set_rng_state(states[du.get_rank()])
         elif states:
-            print(f"note: the checkpoint was written by {len(states)} process(es) and this run has "
-                  f"{du.get_world_size()}; random streams restart from the seed.")
+            print(
+                f"note: the checkpoint was written by {len(states)} process(es) and this run has "
+                f"{du.get_world_size()}; random streams restart from the seed."
+            )
         return checkpoint["epoch"] + 1, checkpoint.get("best"), list(checkpoint.get("history") or [])
 
     # ---------------------------------------------------------------- the epoch loop
@@ -343,8 +389,9 @@ class Trainer:
         finally:
             logger.close()
         if best is not None:
-            print(f"best {self.select_metric} {best['value']:.4f} at epoch {best['epoch']}; "
-                  f"checkpoints in {output_dir}")
+            print(
+                f"best {self.select_metric} {best['value']:.4f} at epoch {best['epoch']}; checkpoints in {output_dir}"
+            )
         return best, history
 
     def evaluate_checkpoint(self, path: str, eval_loaders: dict, classes: list) -> dict:
@@ -357,8 +404,13 @@ class Trainer:
             result = self.evaluate(loader, classes)
             out[split] = result
             print(f"{split}: " + format_line({k: v for k, v in result.items() if isinstance(v, (int, float))}))
-            write_eval_report(self.args.output_dir, split, result, classes,
-                              {"checkpoint": os.path.abspath(path), "epoch": checkpoint.get("epoch")})
+            write_eval_report(
+                self.args.output_dir,
+                split,
+                result,
+                classes,
+                {"checkpoint": os.path.abspath(path), "epoch": checkpoint.get("epoch")},
+            )
         return out
 
 
@@ -367,12 +419,16 @@ def plain_args(args) -> dict:
     return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None), list))}
 
 
-def check_meta(checkpoint: dict, meta: dict, path: str, keys=("model", "backbone", "classifier_input", "classes", "input_size")) -> None:
+def check_meta(
+    checkpoint: dict, meta: dict, path: str, keys=("model", "backbone", "classifier_input", "classes", "input_size")
+) -> None:
     """Refuse a checkpoint written for another model, class list or input size."""
     saved = checkpoint.get("meta") if isinstance(checkpoint, dict) else None
     if not saved:
         raise UserError(f"{path} is not a checkpoint written by this repository (no metadata).")
     for key in keys:
         if key in meta and saved.get(key) != meta[key]:
-            raise UserError(f"{path} was written for {key} {saved.get(key)!r}, but this run has {meta[key]!r}; "
-                            f"point --resume at a checkpoint of the same kind of run.")
+            raise UserError(
+                f"{path} was written for {key} {saved.get(key)!r}, but this run has {meta[key]!r}; "
+                f"point --resume at a checkpoint of the same kind of run."
+            )

@@ -5,6 +5,7 @@ flag, an unsafe weight file) raises ``UserError("what is wrong; how to fix it.")
 their ``main`` with :func:`run_main`, which prints that sentence to stderr and exits with status 2.
 Programming errors still surface as ordinary tracebacks.
 """
+
 import functools
 import sys
 

@@ -1,5 +1,6 @@
 """The one way this repository draws: a matplotlib ``Figure`` on the Agg canvas (no pyplot, no global
 backend switch, nothing left open), saved as PNG atomically."""
+
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 

@@ -8,6 +8,7 @@ log line), and drops any line of a later epoch and any duplicate; a fresh run st
 So log.jsonl and log.csv hold one line per epoch of checkpoint-last, also after a kill or a
 torchrun restart.
 """
+
 import csv
 import json
 import math
@@ -83,6 +84,7 @@ class RunLogger:
         records.update({r["epoch"]: clean_record(r) for r in missing})
         self._rewrite([records[epoch] for epoch in sorted(records)])
         from torch.utils.tensorboard import SummaryWriter  # tensorboard is slow to import; only rank 0 needs it
+
         self.writer = SummaryWriter(log_dir or os.path.join(output_dir, "tb"), purge_step=start_epoch)
         for record in missing:
             self._scalars(record)
@@ -154,17 +156,26 @@ def write_vad_records(output_dir: str, history: list, best: dict) -> None:
     classify = pd.DataFrame({"epoch": frame["epoch"], **{f"{s}_acc": column(s, "acc") for s in splits}})
     write_csv(os.path.join(output_dir, "AccProcess_classify.csv"), classify)
     for letter, name in zip("VAD", VAD_NAMES):
-        table = pd.DataFrame({"epoch": frame["epoch"], **{f"{s}_loss": column(s, f"{name}_mse") for s in splits},
-                              **{f"{s}_ccc": column(s, f"{name}_ccc") for s in splits}})
+        table = pd.DataFrame(
+            {
+                "epoch": frame["epoch"],
+                **{f"{s}_loss": column(s, f"{name}_mse") for s in splits},
+                **{f"{s}_ccc": column(s, f"{name}_ccc") for s in splits},
+            }
+        )
         write_csv(os.path.join(output_dir, f"AccProcess_regress{letter}.csv"), table)
     chosen = next(r for r in history if r["epoch"] == best["epoch"])
-    lines = [f"chosen epoch: {best['epoch']} (best PublicTest accuracy, the eval split)",
-             f"category accuracy: train {chosen.get('train_acc', float('nan')):.2f} | public "
-             f"{chosen.get('eval_acc', float('nan')):.2f} | private {chosen.get('test_acc', float('nan')):.2f}"]
+    lines = [
+        f"chosen epoch: {best['epoch']} (best PublicTest accuracy, the eval split)",
+        f"category accuracy: train {chosen.get('train_acc', float('nan')):.2f} | public "
+        f"{chosen.get('eval_acc', float('nan')):.2f} | private {chosen.get('test_acc', float('nan')):.2f}",
+    ]
     for split, prefix in (("public", "eval"), ("private", "test")):
         for name in VAD_NAMES:
             keys = [f"{prefix}_{name}_{m}" for m in ("mse", "mae", "pearson", "ccc")]
             if keys[0] in chosen:
-                lines.append(f"{split} {name}: MSE {chosen[keys[0]]:.4f} MAE {chosen[keys[1]]:.4f} "
-                             f"Pearson {chosen[keys[2]]:.4f} CCC {chosen[keys[3]]:.4f}")
+                lines.append(
+                    f"{split} {name}: MSE {chosen[keys[0]]:.4f} MAE {chosen[keys[1]]:.4f} "
+                    f"Pearson {chosen[keys[2]]:.4f} CCC {chosen[keys[3]]:.4f}"
+                )
     atomic_write_bytes(os.path.join(output_dir, "summary.txt"), ("\n".join(lines) + "\n").encode())

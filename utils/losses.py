@@ -5,6 +5,7 @@ in each docstring. Conventions: B = batch size, C = number of classes, D = featu
 "Graph-safe zero" means a zero scalar that is connected to the inputs (``x.sum() * 0``), so that
 ``loss.backward()`` works and DistributedDataParallel sees every parameter used.
 """
+
 import math
 
 import torch
@@ -51,15 +52,18 @@ def orthogonality_loss(e: torch.Tensor, n: torch.Tensor, eps: float = 1e-6) -> t
     constants in backward); M = ÊᵀN̂ (D×D);  L_orth = (1/D²) Σ_pq M_pq².
     """
     if e.dim() != 2 or e.shape != n.shape:
-        raise ValueError(f"orthogonality_loss needs two B×D tensors of one shape, got {tuple(e.shape)} "
-                         f"and {tuple(n.shape)}")
+        raise ValueError(
+            f"orthogonality_loss needs two B×D tensors of one shape, got {tuple(e.shape)} and {tuple(n.shape)}"
+        )
     e_hat = e / (e.norm(dim=1, keepdim=True).detach() + eps)
     n_hat = n / (n.norm(dim=1, keepdim=True).detach() + eps)
     m = e_hat.t() @ n_hat
     return (m * m).mean()
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor, gamma: float = 2.0, eps: float = 1e-8) -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor, gamma: float = 2.0, eps: float = 1e-8
+) -> torch.Tensor:
     """Multi-class focal loss with per-class α.
 
     p_i = softmax(logits_i)[y_i] + eps;  L = (1/B) Σ_i −α_{y_i} (1 − p_i)^γ log p_i.
@@ -137,8 +141,7 @@ def batch_class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     if labels.numel() == 0:
         raise ValueError("batch_class_weights needs a non-empty batch")
     if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes}), got range "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
+        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]")
     counts = torch.bincount(labels, minlength=num_classes)
     return 1.0 - counts.double() / labels.numel()
 
@@ -183,7 +186,7 @@ def _lse_series(s, tau):
     order = _series_order(a)
     basis = _series_basis(s_hat, order)
     r = basis @ basis.sum(dim=0) - torch.exp(s_hat * s_hat)
-    bound = n * math.exp(a) * (1e-17 + 2.0 ** -52 * (order + 2 + math.log2(n)))
+    bound = n * math.exp(a) * (1e-17 + 2.0**-52 * (order + 2 + math.log2(n)))
     r_min = float(r.min())
     if not r_min > 0 or bound > _SERIES_REL_TOL * r_min:
         return None
@@ -264,7 +267,7 @@ class _LogSumExpExcludingSelf(torch.autograd.Function):
 
 
 # One chunk×N logit buffer of the chunked form: 16 MB (peak of forward + backward about two of them).
-_SUPCON_CHUNK_BYTES = 16 * 2 ** 20
+_SUPCON_CHUNK_BYTES = 16 * 2**20
 
 
 def _supcon_chunk(n, element_size):
@@ -283,8 +286,9 @@ def _check_supcon_inputs(features, labels, num_classes, mode):
     return labels, weights
 
 
-def class_weighted_supcon(features, labels, num_classes, temperature=0.07, base_temperature=0.07,
-                          mode="dims", chunk_size=None):
+def class_weighted_supcon(
+    features, labels, num_classes, temperature=0.07, base_temperature=0.07, mode="dims", chunk_size=None
+):
     """Class-weighted supervised contrastive loss L_CC (exact, bounded memory).
 
     Class weights per batch: w_c = 1 − n_c/B; every anchor is weighted by w of its own sample's label.
@@ -345,8 +349,7 @@ def class_weighted_supcon(features, labels, num_classes, temperature=0.07, base_
     return loss.to(features.dtype)
 
 
-def class_weighted_supcon_naive(features, labels, num_classes, temperature=0.07, base_temperature=0.07,
-                                mode="dims"):
+def class_weighted_supcon_naive(features, labels, num_classes, temperature=0.07, base_temperature=0.07, mode="dims"):
     """Plain materialising version of :func:`class_weighted_supcon` (same definition, same result).
 
     Builds the N×N logit matrix of the reference implementation (N = D·B in "dims" mode, laid out
@@ -394,8 +397,7 @@ def mmd_loss(x: torch.Tensor, y: torch.Tensor, kernel_mul: float = 2.0, kernel_n
     number so that 2B identical vectors give MMD = 0 instead of 0/0.
     """
     if x.dim() != 2 or x.shape != y.shape:
-        raise ValueError(f"mmd_loss needs two B×D tensors of one shape, got {tuple(x.shape)} and "
-                         f"{tuple(y.shape)}")
+        raise ValueError(f"mmd_loss needs two B×D tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     b = x.shape[0]
     if b < 1:
         raise ValueError("mmd_loss needs a non-empty batch")
@@ -408,7 +410,7 @@ def mmd_loss(x: torch.Tensor, y: torch.Tensor, kernel_mul: float = 2.0, kernel_n
         bandwidth = dist.sum()
     bandwidth = bandwidth / (kernel_mul ** (kernel_num // 2))
     bandwidth = bandwidth.clamp_min(torch.finfo(dist.dtype).tiny)
-    kernels = sum(torch.exp(-dist / (bandwidth * kernel_mul ** k)) for k in range(kernel_num))
+    kernels = sum(torch.exp(-dist / (bandwidth * kernel_mul**k)) for k in range(kernel_num))
     xx = kernels[:b, :b]
     yy = kernels[b:, b:]
     xy = kernels[:b, b:]
@@ -425,15 +427,18 @@ def kl_high_confidence(logits_concept: torch.Tensor, logits_percept: torch.Tenso
     passes the frozen concept model's output (computed under no_grad).
     """
     if logits_concept.shape != logits_percept.shape or logits_percept.dim() != 2:
-        raise ValueError(f"kl_high_confidence needs two B×C logit tensors of one shape, got "
-                         f"{tuple(logits_concept.shape)} and {tuple(logits_percept.shape)}")
+        raise ValueError(
+            f"kl_high_confidence needs two B×C logit tensors of one shape, got "
+            f"{tuple(logits_concept.shape)} and {tuple(logits_percept.shape)}"
+        )
     sel = mask.flatten().to(logits_percept.device).bool()
     if sel.numel() != logits_percept.shape[0]:
         raise ValueError(f"kl_high_confidence got a mask of {sel.numel()} for {logits_percept.shape[0]} rows")
     if not bool(sel.any()):
         return _zero_like_graph(logits_percept)
-    return F.kl_div(F.log_softmax(logits_percept[sel], dim=1), F.softmax(logits_concept[sel], dim=1),
-                    reduction="batchmean")
+    return F.kl_div(
+        F.log_softmax(logits_percept[sel], dim=1), F.softmax(logits_concept[sel], dim=1), reduction="batchmean"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,8 +457,7 @@ def vad_sign_matrix(classes: list[str]) -> torch.Tensor:
         key = str(name).strip().lower()
         key = CLASS_ALIASES.get(key, key)
         if key not in VAD_SIGNS:
-            raise ValueError(f"no expected VAD signs for class {name!r}; known classes: "
-                             f"{', '.join(sorted(VAD_SIGNS))}")
+            raise ValueError(f"no expected VAD signs for class {name!r}; known classes: {', '.join(sorted(VAD_SIGNS))}")
         rows.append([SIGN_CODES[s] for s in VAD_SIGNS[key]])
     if not rows:
         raise ValueError("vad_sign_matrix needs at least one class name")
@@ -472,10 +476,15 @@ def vad_consistency_loss(vad: torch.Tensor, weights: torch.Tensor, sign_matrix: 
     """
     if vad.dim() != 2 or weights.dim() != 2 or sign_matrix.dim() != 2:
         raise ValueError("vad_consistency_loss needs vad B×K, weights B×C and sign_matrix C×K")
-    if weights.shape[0] != vad.shape[0] or weights.shape[1] != sign_matrix.shape[0] \
-            or sign_matrix.shape[1] != vad.shape[1]:
-        raise ValueError(f"vad_consistency_loss shapes do not match: vad {tuple(vad.shape)}, weights "
-                         f"{tuple(weights.shape)}, sign_matrix {tuple(sign_matrix.shape)}")
+    if (
+        weights.shape[0] != vad.shape[0]
+        or weights.shape[1] != sign_matrix.shape[0]
+        or sign_matrix.shape[1] != vad.shape[1]
+    ):
+        raise ValueError(
+            f"vad_consistency_loss shapes do not match: vad {tuple(vad.shape)}, weights "
+            f"{tuple(weights.shape)}, sign_matrix {tuple(sign_matrix.shape)}"
+        )
     codes = sign_matrix.to(device=vad.device)
     dtype = torch.promote_types(vad.dtype, weights.dtype)
     pos = (codes == 1).to(dtype)
@@ -495,8 +504,9 @@ def vad_mse(pred: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -
     the B×K squared errors.
     """
     if pred.shape != target.shape:
-        raise ValueError(f"vad_mse needs prediction and target of one shape, got {tuple(pred.shape)} "
-                         f"and {tuple(target.shape)}")
+        raise ValueError(
+            f"vad_mse needs prediction and target of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     if pred.dim() != 2:
         raise ValueError(f"vad_mse needs B×K tensors, got shape {tuple(pred.shape)}")
     sq = (pred - target.to(pred.dtype)) ** 2

@@ -21,8 +21,12 @@ def confusion_counts(target, pred, num_classes):
     pred = torch.as_tensor(pred).long().flatten().to(target.device)
     if target.numel() != pred.numel():
         raise ValueError(f"confusion_counts got {target.numel()} targets and {pred.numel()} predictions")
-    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes
-                           or int(pred.min()) < 0 or int(pred.max()) >= num_classes):
+    if target.numel() and (
+        int(target.min()) < 0
+        or int(target.max()) >= num_classes
+        or int(pred.min()) < 0
+        or int(pred.max()) >= num_classes
+    ):
         raise ValueError(f"labels and predictions must lie in [0, {num_classes})")
     flat = torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
     return flat.view(num_classes, num_classes)
@@ -51,8 +55,7 @@ def classification_summary(confusion, classes):
     cm = _as_numpy(confusion).astype(np.float64)
     classes = list(classes)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(classes):
-        raise ValueError(f"classification_summary needs a C×C matrix for {len(classes)} classes, got shape "
-                         f"{cm.shape}")
+        raise ValueError(f"classification_summary needs a C×C matrix for {len(classes)} classes, got shape {cm.shape}")
     total = cm.sum()
     if total <= 0:
         raise ValueError("classification_summary got an empty confusion matrix (no samples)")
@@ -70,8 +73,12 @@ def classification_summary(confusion, classes):
     f1 = _ratio(2 * precision * recall, precision + recall)
     present = support > 0
     per_class = {
-        name: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]),
-               "support": int(support[c])}
+        name: {
+            "precision": float(precision[c]),
+            "recall": float(recall[c]),
+            "f1": float(f1[c]),
+            "support": int(support[c]),
+        }
         for c, name in enumerate(classes)
     }
     return {
@@ -107,27 +114,39 @@ class RegressionStats:
         self.names = list(names) if names is not None else [str(k) for k in range(self.num_dims)]
         if len(self.names) != self.num_dims:
             raise ValueError(f"{len(self.names)} names for {self.num_dims} dimensions")
-        self.stats = torch.zeros(len(self.FIELDS), self.num_dims, dtype=torch.float64,
-                                 device=torch.device(device) if device is not None else None)
+        self.stats = torch.zeros(
+            len(self.FIELDS),
+            self.num_dims,
+            dtype=torch.float64,
+            device=torch.device(device) if device is not None else None,
+        )
 
     def update(self, pred, target):
         """Add a batch: pred and target of the same shape B×K (K = num_dims)."""
         pred = torch.as_tensor(pred)
         target = torch.as_tensor(target)
         if pred.shape != target.shape:
-            raise ValueError(f"RegressionStats.update needs prediction and target of one shape, got "
-                             f"{tuple(pred.shape)} and {tuple(target.shape)}")
+            raise ValueError(
+                f"RegressionStats.update needs prediction and target of one shape, got "
+                f"{tuple(pred.shape)} and {tuple(target.shape)}"
+            )
         if pred.dim() != 2 or pred.shape[1] != self.num_dims:
-            raise ValueError(f"RegressionStats.update needs B×{self.num_dims} tensors, got "
-                             f"{tuple(pred.shape)}")
+            raise ValueError(f"RegressionStats.update needs B×{self.num_dims} tensors, got {tuple(pred.shape)}")
         x = pred.detach().to(device=self.stats.device, dtype=torch.float64)
         y = target.detach().to(device=self.stats.device, dtype=torch.float64)
         diff = x - y
-        batch = torch.stack([
-            torch.full((self.num_dims,), float(x.shape[0]), dtype=torch.float64, device=x.device),
-            x.sum(0), y.sum(0), (x * x).sum(0), (y * y).sum(0), (x * y).sum(0),
-            diff.abs().sum(0), (diff * diff).sum(0),
-        ])
+        batch = torch.stack(
+            [
+                torch.full((self.num_dims,), float(x.shape[0]), dtype=torch.float64, device=x.device),
+                x.sum(0),
+                y.sum(0),
+                (x * x).sum(0),
+                (y * y).sum(0),
+                (x * y).sum(0),
+                diff.abs().sum(0),
+                (diff * diff).sum(0),
+            ]
+        )
         self.stats += batch
         return self
 
@@ -142,12 +161,10 @@ class RegressionStats:
         fields = len(cls.FIELDS)
         if num_dims is None:
             if tensor.numel() % fields:
-                raise ValueError(f"a RegressionStats tensor has a multiple of {fields} values, got "
-                                 f"{tensor.numel()}")
+                raise ValueError(f"a RegressionStats tensor has a multiple of {fields} values, got {tensor.numel()}")
             num_dims = tensor.numel() // fields
         if tensor.numel() != fields * num_dims:
-            raise ValueError(f"expected {fields * num_dims} values for {num_dims} dimensions, got "
-                             f"{tensor.numel()}")
+            raise ValueError(f"expected {fields * num_dims} values for {num_dims} dimensions, got {tensor.numel()}")
         out = cls(num_dims, names=names, device=tensor.device)
         out.stats = tensor.reshape(fields, num_dims).clone()
         return out
@@ -193,8 +210,7 @@ def save_confusion_matrix(confusion, classes, csv_path, png_path):
     cm = _as_numpy(confusion)
     classes = list(classes)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(classes):
-        raise ValueError(f"save_confusion_matrix needs a C×C matrix for {len(classes)} classes, got shape "
-                         f"{cm.shape}")
+        raise ValueError(f"save_confusion_matrix needs a C×C matrix for {len(classes)} classes, got shape {cm.shape}")
     if np.all(np.equal(np.mod(cm, 1), 0)):
         cm = cm.astype(np.int64)
     if csv_path is not None:
@@ -220,7 +236,8 @@ def save_confusion_matrix(confusion, classes, csv_path, png_path):
             for j in range(len(classes)):
                 value = cm[i, j]
                 text = f"{value:d}" if np.issubdtype(cm.dtype, np.integer) else f"{value:g}"
-                ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                        color="white" if frac[i, j] > 0.5 else "black")
+                ax.text(
+                    j, i, text, ha="center", va="center", fontsize=8, color="white" if frac[i, j] > 0.5 else "black"
+                )
         fig.tight_layout()
         save_figure(fig, png_path, dpi=120)

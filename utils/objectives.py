@@ -8,13 +8,23 @@ to detached scalars (logged as ``train_<name>``), ``outputs`` holds at least ``l
 - :class:`PerceptObjective` -- stage 3: alpha*CE + beta*MMD(concept targets, p) + gamma*KL(high-confidence),
   plus, for the multi-task model, lambda_vad*MSE(VAD) + lambda_cons*L_cons.
 """
+
 import torch
 import torch.nn.functional as F
 
 from utils.errors import UserError
 from utils.labels import CLASSES_7, RAFDB_FOCAL_ALPHA
-from utils.losses import (class_weighted_supcon, focal_alpha_from_counts, focal_loss, kl_high_confidence, mmd_loss,
-                          orthogonality_loss, rank_regularization, vad_consistency_loss, vad_mse)
+from utils.losses import (
+    class_weighted_supcon,
+    focal_alpha_from_counts,
+    focal_loss,
+    kl_high_confidence,
+    mmd_loss,
+    orthogonality_loss,
+    rank_regularization,
+    vad_consistency_loss,
+    vad_mse,
+)
 
 
 # --------------------------------------------------------------------------- stage 1
@@ -30,8 +40,10 @@ def resolve_focal_alpha(spec: str | None, classes: list, targets, dataset: str =
         spec = "rafdb" if classes == CLASSES_7 and dataset in ("folder", "rafdb") else "auto"
     if spec == "rafdb":
         if classes != CLASSES_7:
-            raise UserError(f"--focal_alpha rafdb needs the 7 classes {CLASSES_7}, this data has {classes}; "
-                            f"pass --focal_alpha auto or {len(classes)} comma-separated values.")
+            raise UserError(
+                f"--focal_alpha rafdb needs the 7 classes {CLASSES_7}, this data has {classes}; "
+                f"pass --focal_alpha auto or {len(classes)} comma-separated values."
+            )
         return list(RAFDB_FOCAL_ALPHA)
     if spec == "auto":
         counts = torch.bincount(torch.tensor(targets), minlength=len(classes))
@@ -39,10 +51,14 @@ def resolve_focal_alpha(spec: str | None, classes: list, targets, dataset: str =
     try:
         values = [float(v) for v in spec.split(",")]
     except ValueError:
-        raise UserError(f"--focal_alpha {spec!r} is not 'rafdb', 'auto' or a comma-separated list of numbers.") from None
+        raise UserError(
+            f"--focal_alpha {spec!r} is not 'rafdb', 'auto' or a comma-separated list of numbers."
+        ) from None
     if len(values) != len(classes) or not all(0 < v <= 1 for v in values):
-        raise UserError(f"--focal_alpha needs {len(classes)} values in (0, 1] (one per class, in the order "
-                        f"{classes}), got {spec!r}.")
+        raise UserError(
+            f"--focal_alpha needs {len(classes)} values in (0, 1] (one per class, in the order "
+            f"{classes}), got {spec!r}."
+        )
     return values
 
 
@@ -68,8 +84,13 @@ class ConceptObjective:
         l_rr = rank_regularization(out["confidence"].float(), args.rr_ratio, args.rr_margin)
         l_cc = class_weighted_supcon(e, labels, self.num_classes, args.temperature, args.temperature, mode=args.cc_mode)
         loss = args.alpha * l_orth + args.beta * (l_focal + l_rr) + args.gamma * l_cc
-        parts = {"orth": l_orth.detach(), "focal": l_focal.detach(), "rr": l_rr.detach(), "cc": l_cc.detach(),
-                 "confidence": out["confidence"].detach().float().mean()}
+        parts = {
+            "orth": l_orth.detach(),
+            "focal": l_focal.detach(),
+            "rr": l_rr.detach(),
+            "cc": l_cc.detach(),
+            "confidence": out["confidence"].detach().float().mean(),
+        }
         return loss, parts, out
 
     @staticmethod
@@ -137,8 +158,9 @@ class PerceptObjective:
         if self.sign_matrix is not None:
             vad = out["vad"].float()
             mse = vad_mse(vad, batch["vad"])
-            weights = logits.softmax(1) if args.cons_weights == "prob" else \
-                F.one_hot(batch["label"], logits.shape[1]).float()
+            weights = (
+                logits.softmax(1) if args.cons_weights == "prob" else F.one_hot(batch["label"], logits.shape[1]).float()
+            )
             cons = vad_consistency_loss(vad, weights, self.sign_matrix)
             loss = loss + args.lambda_vad * mse + args.lambda_cons * cons
             parts.update(vad_mse=mse.detach(), vad_cons=cons.detach())
