@@ -20,10 +20,11 @@ from torch.utils.data import Dataset
 
 from dataset_concept import collate_skip_none
 from models.concept import frozen_concept, load_concept_checkpoint
-from utils.checkpoint import load_checkpoint, sha256_file
+from utils.checkpoint import load_checkpoint
 from utils.cli import existing_file
 from utils.confidence import filter_by_correctness, teacher_quality
 from utils.errors import UserError
+from utils.files import sha256_file
 
 
 def load_bank(confidence_dir: str, train_set, input_size: int, concept_sha256: str | None = None) -> dict:

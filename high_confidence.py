@@ -18,10 +18,10 @@ the class's high-score pool. Artefacts (all plain data, written atomically):
 from dataset_concept import build_dataset, build_transform, eval_loader
 from models.concept import frozen_concept, load_concept_checkpoint
 from utils import distributed as du
-from utils.checkpoint import sha256_file
 from utils.cli import confidence_parser, start_run, write_config
 from utils.confidence import score, write_artefacts
 from utils.errors import UserError, run_main
+from utils.files import sha256_file
 
 get_args_parser = confidence_parser  # the flags live in utils/cli.py
 

@@ -48,11 +48,12 @@ from models.backbones import PERCEPT_BACKBONES  # noqa: E402
 from models.concept import ConceptNet  # noqa: E402
 from models.percept import PerceptNet  # noqa: E402
 from tools.make_synthetic_faces import make_dataset  # noqa: E402
-from utils.checkpoint import save_checkpoint, sha256_file, write_json  # noqa: E402
+from utils.checkpoint import save_checkpoint, write_json  # noqa: E402
 from utils.cli import check_percept_args, concept_parser, percept_parser, start_run  # noqa: E402
 from utils.confidence import score, write_artefacts  # noqa: E402
 from utils.engine import Trainer, amp_setup, autocast, optimizer_step  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
+from utils.files import sha256_file  # noqa: E402
 from utils.losses import class_weighted_supcon, class_weighted_supcon_naive  # noqa: E402
 from utils.objectives import ConceptObjective, PerceptObjective, resolve_focal_alpha  # noqa: E402
 

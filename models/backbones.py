@@ -36,8 +36,8 @@ from torch import nn
 from torchvision import models as tv
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from utils.checkpoint import sha256_file
 from utils.errors import UserError
+from utils.files import sha256_file
 
 try:  # numpy >= 2 keeps the implementation in numpy._core; numpy.core is a deprecated alias
     from numpy._core import multiarray as _np_multiarray

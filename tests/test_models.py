@@ -27,8 +27,8 @@ from models.backbones import (
 )
 from models.concept import ConceptNet, ConfidenceClassifier, Encoder
 from models.percept import PerceptNet
-from utils.checkpoint import sha256_file
 from utils.errors import UserError
+from utils.files import sha256_file
 
 # ----------------------------------------------------------------------------------------------------
 # fake weight files in the real formats

@@ -47,6 +47,7 @@ if __package__ in (None, ""):  # run as `python tools/pretrain_identity.py`: mak
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.errors import UserError, run_main  # noqa: E402  (light: the cache check imports no torch)
+from utils.files import sha256_file  # noqa: E402
 
 # Bump when anything that changes the trained weights for the same flags changes (data, model, training).
 RECIPE_VERSION = 1
@@ -88,14 +89,6 @@ def cache_key(settings):
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _sha256_file(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_report(out):
     """The JSON of an earlier run in ``out`` ({} when absent or unreadable)."""
     path = os.path.join(out, REPORT)
@@ -113,7 +106,7 @@ def reusable(report, out, arch, key):
     path = os.path.join(out, FILES[arch])
     if not isinstance(entry, dict) or entry.get("key") != key or not os.path.isfile(path):
         return False
-    return entry.get("sha256") == _sha256_file(path)
+    return entry.get("sha256") == sha256_file(path)
 
 
 # --------------------------------------------------------------------------- data

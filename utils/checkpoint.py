@@ -7,7 +7,6 @@ that asks to run code is refused.
 """
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -66,14 +65,6 @@ def save_checkpoint(path, state):
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def sha256_file(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def elastic_restart():

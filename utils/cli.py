@@ -11,9 +11,10 @@ import platform
 import torch
 
 from utils import distributed as du
-from utils.checkpoint import elastic_restart, load_checkpoint, resolve_resume, sha256_file, write_json
+from utils.checkpoint import elastic_restart, load_checkpoint, resolve_resume, write_json
 from utils.engine import check_meta, plain_args
 from utils.errors import UserError
+from utils.files import sha256_file
 from utils.labels import DATASETS
 
 DEFAULT_TRAIN_PATH = os.path.join("data", "RAF-DB", "train")

@@ -1,0 +1,276 @@
+"""CRPN's gain, measured: the stages run as a user runs them, over seeds, on the identity-pretrained demo setting.
+
+    python benchmarks/ablation.py                                  # 3 seeds, every variant (about 30 min on 2 cores)
+    python benchmarks/ablation.py --seeds 0 --variants baseline,pool_bank
+
+Per seed s: stage 1 (``main_concept.py``, seed s) from the identity stand-ins of ``tools/pretrain_identity.py``,
+stage 2 (``high_confidence.py``), then stage 3 (``main_percept.py``, seed s) once per variant:
+
+- ``baseline``: ``--concept_target none`` (the same pretrained ResNet-18, cross-entropy only);
+- ``self``: every sample regularised by its own concept (the published script);
+- ``pool_online``: the paper's method (own concept if high-confidence, else K pooled concepts, encoded online);
+- ``pool_bank``: the same targets from stage 2's feature bank;
+- ``pool_bank_correct``: ``pool_bank`` with ``--teacher_filter correct`` (distil only where the concept model is right).
+
+``--teacher weak`` replaces stage 1 by a deliberately weak concept model (``--weak_epochs`` epochs from random
+weights), to measure what a weak teacher does and what the remedy recovers.
+
+Model selection is honest: the best epoch is chosen on a validation split (synthetic faces of another seed,
+``--eval_data_path``), and the test split (``--test_data_path``) is reported at that epoch, never used to choose.
+Prints a table (mean ± std over seeds of test accuracy and mean class accuracy, and each variant minus the
+baseline), and writes JSON, Markdown and a plot to ``--out``.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from benchmarks.common import add_common_flags, identity_weights, mean_std, name_list, seed_list, write_report  # noqa: E402
+from tools.make_synthetic_faces import make_dataset  # noqa: E402
+from utils.errors import UserError, run_main  # noqa: E402
+from utils.figures import new_figure, save_figure  # noqa: E402
+
+VARIANTS = {
+    "baseline": ["--concept_target", "none"],
+    "self": ["--concept_target", "self"],
+    "pool_online": ["--concept_target", "pool", "--pool_features", "online"],
+    "pool_bank": ["--concept_target", "pool", "--pool_features", "bank"],
+    "pool_bank_correct": ["--concept_target", "pool", "--pool_features", "bank", "--teacher_filter", "correct"],
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (stage 1 and stage 3)")
+    parser.add_argument(
+        "--teacher",
+        default="identity",
+        choices=("identity", "weak"),
+        help="identity: stage 1 from the identity stand-ins; weak: a few epochs from random weights",
+    )
+    parser.add_argument("--weak_epochs", type=int, default=1, help="stage-1 epochs of the weak teacher")
+    parser.add_argument("--epochs_concept", type=int, default=6)
+    parser.add_argument("--epochs_percept", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=1e-3, help="both stages (per-epoch cosine)")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--input_size", type=int, default=40)
+    parser.add_argument("--train_per_class", type=int, default=80)
+    parser.add_argument("--test_per_class", type=int, default=30, help="test and validation faces per class")
+    parser.add_argument("--data_seed", type=int, default=0)
+    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--out", default=os.path.join("output", "benchmarks", "ablation"))
+    add_common_flags(parser)
+    args = parser.parse_args(argv)
+    args.variants = name_list(args.variants, VARIANTS, "--variants")
+    args.seeds = seed_list(args.seeds)
+    return args
+
+
+def run(script, argv, log):
+    """Run a stage script as a user does; its output goes to ``log``; a failure stops the benchmark."""
+    with open(log, "w") as handle:
+        proc = subprocess.run(
+            [sys.executable, os.path.join(REPO, script), *map(str, argv)],
+            cwd=REPO,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    if proc.returncode != 0:
+        raise UserError(f"{script} failed (exit {proc.returncode}); see {log}.")
+
+
+def selected(output_dir):
+    """Validation-selected figures of a run: test accuracy and mean class accuracy at the best-validation epoch."""
+    with open(os.path.join(output_dir, "log.jsonl")) as handle:
+        log = [json.loads(line) for line in handle if line.strip()]
+    best = max(log, key=lambda r: r["eval_acc"])
+    return {
+        "epoch": best["epoch"],
+        "val_acc": best["eval_acc"],
+        "test_acc": best["test_acc"],
+        "test_mean_class_acc": best["test_mean_class_acc"],
+        "final_test_acc": log[-1]["test_acc"],
+    }
+
+
+def summarise(results, variants):
+    rows = []
+    base = [r["test_acc"] for r in results.get("baseline", {}).values()]
+    for name in variants:
+        runs = list(results.get(name, {}).values())
+        if not runs:
+            continue
+        row = {"variant": name, "seeds": len(runs)}
+        for key in ("test_acc", "test_mean_class_acc", "final_test_acc"):
+            values = [r[key] for r in runs]
+            row[key], row[key + "_std"] = mean_std(values)
+        if base and name != "baseline":  # paired by seed
+            diffs = [
+                results[name][s]["test_acc"] - results["baseline"][s]["test_acc"]
+                for s in results[name]
+                if s in results["baseline"]
+            ]
+            row["minus_baseline"], row["minus_baseline_std"] = mean_std(diffs)
+        rows.append(row)
+    return rows
+
+
+def table(rows, concept_rows):
+    lines = [
+        "| variant | seeds | test acc % (val-selected) | mean class acc % | − baseline (paired) | test acc, last ep. |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        diff = f"{r['minus_baseline']:+.2f} ± {r['minus_baseline_std']:.2f}" if "minus_baseline" in r else ""
+        lines.append(
+            f"| {r['variant']} | {r['seeds']} | {r['test_acc']:.2f} ± {r['test_acc_std']:.2f} | "
+            f"{r['test_mean_class_acc']:.2f} ± {r['test_mean_class_acc_std']:.2f} | {diff} | "
+            f"{r['final_test_acc']:.2f} ± {r['final_test_acc_std']:.2f} |"
+        )
+    if concept_rows:
+        accs = [c["test_acc"] for c in concept_rows]
+        mean, std = mean_std(accs)
+        lines.append(
+            f"| (concept pathway, stage 1) | {len(accs)} | {mean:.2f} ± {std:.2f} | "
+            f"{statistics.mean(c['test_mean_class_acc'] for c in concept_rows):.2f} | | |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    fig, axes = new_figure(1, 1, figsize=(1.3 * len(rows) + 2, 4))
+    ax = axes[0, 0]
+    ax.bar(
+        range(len(rows)),
+        [r["test_acc"] for r in rows],
+        yerr=[r["test_acc_std"] for r in rows],
+        capsize=4,
+        color=["tab:grey" if r["variant"] == "baseline" else "tab:orange" for r in rows],
+    )
+    ax.set_xticks(range(len(rows)), [r["variant"] for r in rows], rotation=20)
+    low = min(r["test_acc"] - r["test_acc_std"] for r in rows)
+    ax.set_ylim(max(0, low - 5), min(100, max(r["test_acc"] + r["test_acc_std"] for r in rows) + 3))
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
+
+
+@run_main
+def main(argv=None):
+    bench = parse_args(argv)
+    started = time.perf_counter()
+    work = os.path.join(bench.out, "runs")
+    os.makedirs(work, exist_ok=True)
+    weights = identity_weights(bench.pretrained_dir, os.path.join(work, "pretrain.log"))
+    faces, val = os.path.join(work, "faces"), os.path.join(work, "faces_val")
+    size = round(bench.input_size * 256 / 224) + 2
+    make_dataset(
+        faces,
+        seed=bench.data_seed,
+        size=size,
+        train_per_class=bench.train_per_class,
+        test_per_class=bench.test_per_class,
+    )
+    make_dataset(val, seed=bench.data_seed + 1000, size=size, train_per_class=1, test_per_class=bench.test_per_class)
+    data = [
+        "--data_path",
+        os.path.join(faces, "train"),
+        "--eval_data_path",
+        os.path.join(val, "test"),
+        "--test_data_path",
+        os.path.join(faces, "test"),
+        "--input_size",
+        bench.input_size,
+        "--batch_size",
+        bench.batch_size,
+        "--num_workers",
+        bench.num_workers,
+        "--norm_cache",
+        os.path.join(work, "cache"),
+        "--lr",
+        bench.lr,
+        "--lr_schedule",
+        "cosine",
+    ]
+    results, concept_rows = {}, []
+    for seed in bench.seeds:
+        tag = f"{bench.teacher}-seed{seed}"
+        concept = os.path.join(work, f"concept-{tag}")
+        teacher = (
+            ["--pretrained", weights["resnet50"], "--epochs", bench.epochs_concept]
+            if bench.teacher == "identity"
+            else ["--pretrained", "none", "--epochs", bench.weak_epochs]
+        )
+        run(
+            "main_concept.py",
+            [*data, *teacher, "--seed", seed, "--focal_alpha", "auto", "--output_dir", concept],
+            concept + ".log",
+        )
+        concept_rows.append(selected(concept))
+        confidence = os.path.join(work, f"confidence-{tag}")
+        run(
+            "high_confidence.py",
+            [
+                "--concept_ckpt",
+                os.path.join(concept, "checkpoint-best.pth"),
+                "--data_path",
+                os.path.join(faces, "train"),
+                "--output_dir",
+                confidence,
+                "--num_workers",
+                bench.num_workers,
+                "--norm_cache",
+                os.path.join(work, "cache"),
+            ],
+            confidence + ".log",
+        )
+        for name in bench.variants:
+            out = os.path.join(work, f"percept-{name}-{tag}")
+            run(
+                "main_percept.py",
+                [
+                    *data,
+                    "--pretrained",
+                    weights["resnet18"],
+                    "--epochs",
+                    bench.epochs_percept,
+                    "--seed",
+                    seed,
+                    "--concept_ckpt",
+                    os.path.join(concept, "checkpoint-best.pth"),
+                    "--confidence_dir",
+                    confidence,
+                    "--output_dir",
+                    out,
+                    *VARIANTS[name],
+                ],
+                out + ".log",
+            )
+            results.setdefault(name, {})[seed] = selected(out)
+            print(
+                f"seed {seed} {name}: test {results[name][seed]['test_acc']:.2f} (epoch "
+                f"{results[name][seed]['epoch']}; concept {concept_rows[-1]['test_acc']:.2f})",
+                flush=True,
+            )
+    rows = summarise(results, bench.variants)
+    text = table(rows, concept_rows)
+    print(text)
+    plot(rows, os.path.join(bench.out, f"ablation-{bench.teacher}.png"))
+    write_report(
+        bench, f"ablation-{bench.teacher}", {"runs": results, "concept": concept_rows, "summary": rows}, text, started
+    )
+
+
+if __name__ == "__main__":
+    main()
