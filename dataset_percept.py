@@ -154,10 +154,15 @@ def concept_regularisation(args, train_set) -> tuple:
         )
         concept_sha = sha256_file(args.concept_ckpt)
     bank = load_bank(args.confidence_dir, train_set, args.input_size, concept_sha)
-    eval_acc = None
-    if os.path.isfile(args.concept_ckpt) and (concept_sha or sha256_file(args.concept_ckpt)) == bank["concept_sha256"]:
-        best = load_checkpoint(args.concept_ckpt, "concept checkpoint", mmap=True).get("best") or {}
-        eval_acc = best.get("value") if best.get("metric") == "eval_acc" else None
+    # the stage-1 checkpoint is read once: whole for online targets, else only its metadata, and only when it
+    # is the one the bank was made with
+    checkpoint = None
+    if online:
+        checkpoint = load_concept_checkpoint(args.concept_ckpt)
+    elif os.path.isfile(args.concept_ckpt) and sha256_file(args.concept_ckpt) == bank["concept_sha256"]:
+        checkpoint = load_checkpoint(args.concept_ckpt, "concept checkpoint", mmap=True)
+    best = (checkpoint.get("best") if checkpoint else None) or {}
+    eval_acc = best.get("value") if best.get("metric") == "eval_acc" else None
     teacher, warning = teacher_quality(bank, eval_acc, args.weak_teacher_acc)
     if warning:
         print(warning, flush=True)
@@ -174,7 +179,6 @@ def concept_regularisation(args, train_set) -> tuple:
                 flush=True,
             )
     if online:
-        checkpoint = load_concept_checkpoint(args.concept_ckpt)
         if checkpoint["meta"]["classes"] != train_set.classes:
             raise UserError(
                 f"{args.concept_ckpt} was trained on classes {checkpoint['meta']['classes']}, "
