@@ -1,8 +1,8 @@
 """The multi-task category + Valence/Arousal/Dominance model from the identity-pretrained ResNet-18 against the
 same run from random weights, on the synthetic FER2013-VAD CSV.
 
-    python benchmarks/vad.py                         # seeds 0,1: about 6 minutes on 2 CPU cores
-    python benchmarks/vad.py --seeds 0 --epochs 4
+    python benchmarks/vad.py                  # seeds 0,1, 20 epochs: about 45 CPU-minutes (20-25 min on 2 cores)
+    python benchmarks/vad.py --seeds 0 --epochs 8
 
 Each run is ``main_percept.py --vad --concept_target none --dataset fer2013`` as a user runs it: PublicTest
 chooses the epoch, PrivateTest is reported at that epoch. Prints category accuracy and CCC per dimension
@@ -32,7 +32,9 @@ def parse_args(argv=None):
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument(
+        "--epochs", type=int, default=20, help="8 epochs leave the encoder at about 35 %% category accuracy and CCC 0.2"
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--input_size", type=int, default=40, help="the identity stand-ins' training size")
