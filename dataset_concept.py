@@ -241,24 +241,31 @@ def read_rafdb_list(
         raise UserError(f"label list {list_file} not found; {fix}.")
     to_label = code_to_label(RAFDB_CODES, CLASSES_7)
     entries = []
-    with open(list_file) as handle:
-        for lineno, line in enumerate(handle, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) not in to_label:
-                raise UserError(
-                    f"{list_file} line {lineno} is not '<name>.jpg <label 1..7>': {line.strip()!r}; fix that line."
-                )
-            name, code = parts
-            split = next((s for s in ("train", "test") if name.startswith(s + "_")), None)
-            if split is None:
-                raise UserError(
-                    f"{list_file} line {lineno} names {name!r}, which starts with neither 'train_' nor "
-                    f"'test_'; fix that line."
-                )
-            stem, ext = os.path.splitext(name)
-            entries.append((split, os.path.join(RAFDB_IMAGES, f"{stem}_aligned{ext}"), to_label[int(code)]))
+    try:
+        with open(list_file, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{list_file} is not a text file ({exc.reason} at byte {exc.start}); check that it is the RAF-DB "
+            f"basic label file."
+        ) from None
+    for lineno, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdigit()) or int(parts[1]) not in to_label:
+            raise UserError(
+                f"{list_file} line {lineno} is not '<name>.jpg <label 1..7>': {line.strip()!r}; fix that line."
+            )
+        name, code = parts
+        split = next((s for s in ("train", "test") if name.startswith(s + "_")), None)
+        if split is None:
+            raise UserError(
+                f"{list_file} line {lineno} names {name!r}, which starts with neither 'train_' nor "
+                f"'test_'; fix that line."
+            )
+        stem, ext = os.path.splitext(name)
+        entries.append((split, os.path.join(RAFDB_IMAGES, f"{stem}_aligned{ext}"), to_label[int(code)]))
     if not entries:
         raise UserError(f"{list_file} lists no images; check that it is the RAF-DB basic label file.")
     return entries
@@ -503,15 +510,26 @@ def compute_norm_stats(dataset: FaceDataset, batch_size: int = 256, num_workers:
     return (total[:3] / count).tolist(), (total[3:6] / count).tolist()
 
 
+def read_norm_cache(path: str) -> tuple[list, list] | None:
+    """(mean, std) from a cache file, or None when it is absent or unreadable (then they are recomputed)."""
+    try:
+        with open(path) as handle:
+            saved = json.load(handle)
+        mean, std = saved["mean"], saved["std"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    ok = all(isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v) for v in (mean, std))
+    return (mean, std) if ok else None
+
+
 def norm_stats(dataset: FaceDataset, cache_dir: str | None = None, num_workers: int = 4) -> tuple[list, list]:
     """Normalisation statistics of a training set, cached as JSON keyed by the dataset's fingerprint."""
     cache = None
     if cache_dir:
         cache = os.path.join(cache_dir, f"norm_{dataset.name}_{dataset.fingerprint()}_{dataset.content_stamp()}.json")
-        if os.path.isfile(cache):
-            with open(cache) as handle:
-                saved = json.load(handle)
-            return saved["mean"], saved["std"]
+        saved = read_norm_cache(cache)
+        if saved is not None:
+            return saved
     mean, std = compute_norm_stats(dataset, num_workers=num_workers)
     if cache and du.is_main_process():
         from utils.checkpoint import write_json  # local import: checkpoint imports nothing from here
