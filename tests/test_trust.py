@@ -310,3 +310,47 @@ def test_deterministic_flag_sets_torch_and_cublas(monkeypatch):
     finally:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.deterministic = False
+
+
+# --------------------------------------------------------------------------- seeds
+def test_seeds_tool_runs_each_stage_per_seed_and_tabulates_mean_and_std(tmp_path, monkeypatch, capfd):
+    """tools/seeds.py over the whole pipeline, its stage runs replaced by ones that write known figures."""
+    from tools import seeds
+
+    calls = []
+
+    def fake_run(script, argv, log):
+        calls.append((script, argv))
+        out = argv[argv.index("--output_dir") + 1]
+        seed = int(argv[argv.index("--seed") + 1])
+        os.makedirs(out, exist_ok=True)
+        if script != "high_confidence.py":
+            selection = {
+                "selected_on": "val",
+                "metric": "val_acc",
+                "epoch": seed,
+                "value": 50.0 + seed,
+                "splits": {"val": {}, "eval": {"acc_at_selected_epoch": 40.0 + 2 * seed, "acc_at_best_epoch": 45.0}},
+            }
+            with open(os.path.join(out, "metrics.json"), "w") as handle:
+                json.dump({"selection": selection}, handle)
+
+    monkeypatch.setattr(seeds, "run", fake_run)
+    common = "--data_path D/train --eval_data_path D/test --val_split 0.1 --input_size 40 --num_workers 2"
+    argv = ["--seeds", "0,1,2", "--out", str(tmp_path), "--common", common, "--percept", "--epochs 3"]
+    assert seeds.main(argv) is None
+    assert [c[0] for c in calls[:3]] == ["main_concept.py", "high_confidence.py", "main_percept.py"] and len(calls) == 9
+    stage2 = calls[1][1]
+    assert stage2[:6] == ["--data_path", "D/train", "--input_size", "40", "--num_workers", "2"]
+    assert "--val_split" not in stage2 and "--eval_data_path" not in stage2
+    assert stage2[stage2.index("--concept_ckpt") + 1] == str(tmp_path / "seed_0" / "concept" / "checkpoint-best.pth")
+    stage3 = calls[2][1]
+    assert stage3[-2:] == ["--epochs", "3"] and stage3[stage3.index("--confidence_dir") + 1].endswith("confidence")
+    rows = pd.read_csv(tmp_path / "seeds.csv")
+    assert len(rows) == 6 and rows["eval_acc"].tolist() == [40.0, 40.0, 42.0, 42.0, 44.0, 44.0]
+    summary = pd.read_csv(tmp_path / "seeds_summary.csv").set_index("stage")
+    assert summary.loc["percept", "eval_acc_mean"] == pytest.approx(42.0)
+    assert summary.loc["percept", "eval_acc_std"] == pytest.approx(2.0)  # sample std of 40, 42, 44
+    assert summary.loc["concept", "val_acc_mean"] == pytest.approx(51.0) and summary.loc["concept", "seeds"] == 3
+    table = (tmp_path / "seeds.md").read_text()
+    assert "| percept | 3 | 51.00 ± 1.00 | 42.00 ± 2.00 | 45.00 ± 0.00 |" in table
