@@ -303,13 +303,17 @@ def selection_columns(summary: dict) -> dict:
 
 def selection_line(summary: dict) -> str:
     """One sentence: the chosen epoch, the reported splits there and, labelled, at their own best epochs."""
+
+    def number(value):
+        return "n/a" if value is None else f"{value:.2f}"
+
     on = summary["selected_on"]
-    text = f"best epoch {summary['epoch']} by {summary['metric']} {summary['value']:.2f}"
+    text = f"best epoch {summary['epoch']} by {summary['metric']} {number(summary['value'])}"
     reported = {s: f for s, f in summary["splits"].items() if s != on}
     if reported:
-        text += "; there " + ", ".join(f"{s}_acc {f['acc_at_selected_epoch']:.2f}" for s, f in reported.items())
+        text += "; there " + ", ".join(f"{s}_acc {number(f['acc_at_selected_epoch'])}" for s, f in reported.items())
         text += "; best epoch of each split itself (what papers report, optimistic): " + ", ".join(
-            f"{s}_acc {f['acc_at_best_epoch']:.2f} at epoch {f['best_epoch']}" for s, f in reported.items()
+            f"{s}_acc {number(f['acc_at_best_epoch'])} at epoch {f['best_epoch']}" for s, f in reported.items()
         )
     if on == "eval":
         text += (

@@ -184,6 +184,12 @@ class RunLogger:
             self.writer.close()
 
 
+SELECTED_BY = {
+    "val_acc": "best accuracy on the validation split",
+    "eval_acc": "best PublicTest accuracy, the eval split",
+}
+
+
 def write_vad_records(output_dir: str, history: list, best: dict) -> None:
     """The multi-task records, rewritten atomically after every epoch from the run's history:
     AccProcess_classify.csv (train / public / private accuracy), AccProcess_regress{V,A,D}.csv (MSE and
@@ -210,7 +216,7 @@ def write_vad_records(output_dir: str, history: list, best: dict) -> None:
         write_csv(os.path.join(output_dir, f"AccProcess_regress{letter}.csv"), table)
     chosen = next(r for r in history if r["epoch"] == best["epoch"])
     lines = [
-        f"chosen epoch: {best['epoch']} (best PublicTest accuracy, the eval split)",
+        f"chosen epoch: {best['epoch']} ({SELECTED_BY.get(best['metric'], 'best ' + best['metric'])})",
         f"category accuracy: train {chosen.get('train_acc', float('nan')):.2f} | public "
         f"{chosen.get('eval_acc', float('nan')):.2f} | private {chosen.get('test_acc', float('nan')):.2f}",
     ]
