@@ -10,7 +10,7 @@ import socket
 from utils.errors import UserError
 
 LOCK_NAME = ".run.lock"
-_held = []  # the lock files this process holds (released by release_folders, or when it ends)
+_held = {}  # folder (real path) -> the lock file this process holds on it (see release_folders)
 
 
 def sha256_file(path, chunk=1 << 20):
@@ -34,9 +34,13 @@ def _refuse(folder, handle):
 def hold_folder(folder):
     """Hold ``folder`` for this process: an exclusive ``flock`` on FOLDER/.run.lock, which the kernel
     releases when the process ends, however it ends (a killed run never leaves the folder locked).
-    Returns the open lock file; keep it (closing it releases the folder). A folder that a live process
-    holds is a UserError. The file records who holds it (pid, host, start time) for that message."""
+    Returns the open lock file (the same one again when this process holds the folder already). A folder
+    that another live process holds is a UserError. The file records who holds it (pid, host, start time)
+    for that message."""
     os.makedirs(folder, exist_ok=True)
+    key = os.path.realpath(folder)
+    if key in _held:  # this process holds it already (a second run in the same process)
+        return _held[key]
     handle = open(os.path.join(folder, LOCK_NAME), "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -47,20 +51,20 @@ def hold_folder(folder):
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
     handle.flush()
-    _held.append(handle)
+    _held[key] = handle
     return handle
 
 
 def release_folders():
     """Release every folder this process holds (an entry point returning; see utils.errors.run_main)."""
     while _held:
-        _held.pop().close()
+        _held.popitem()[1].close()
 
 
 def check_folder_free(folder):
     """Refuse early (a UserError) when a live process holds ``folder`` (:func:`hold_folder`); creates nothing."""
     path = os.path.join(folder, LOCK_NAME)
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) or os.path.realpath(folder) in _held:
         return
     handle = open(path)
     try:
