@@ -25,7 +25,7 @@ from models.concept import ConceptNet
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.engine import selection_columns, selection_line, selection_summary
 from utils.errors import UserError
-from utils.files import LOCK_NAME, hold_folder, release_folders
+from utils.files import LOCK_NAME, check_folder_free, hold_folder, release_folders
 
 COMMON = ["--input_size", SIZE, "--batch_size", 8, "--device", "cpu", "--num_workers", 0]
 
@@ -212,6 +212,7 @@ def test_live_run_holds_its_folder_and_a_killed_one_releases_it(tmp_path, capfd,
         holder.wait()
     handle = hold_folder(str(out))  # the kernel released the killed process's lock
     assert f"pid {os.getpid()}" in open(out / LOCK_NAME).read()
+    assert hold_folder(str(out)) is handle and check_folder_free(str(out)) is None  # re-entrant in one process
     release_folders()
     assert handle.closed
 
