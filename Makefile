@@ -6,15 +6,22 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 DEMO_OUT ?= $(DEMO_DIR)/output
 
-.PHONY: env test demo clean
+.PHONY: env lock test demo clean
 
 env: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
+# exact versions and hashes (requirements-dev.lock holds requirements.lock's pins plus the test tools); pip refuses
+# any file whose hash is not in the lock
+$(STAMP): requirements.lock requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $(STAMP)
+
+# refresh the lock files after editing requirements*.txt (needs uv: pip install uv); one resolution for every
+# platform (Linux x86_64 and aarch64 with the nvidia-* wheels, macOS, Windows) and Python >= 3.10
+lock:
+	uv pip compile requirements.txt --universal --generate-hashes --python-version 3.10 -o requirements.lock
+	uv pip compile requirements-dev.txt --universal --generate-hashes --python-version 3.10 -o requirements-dev.lock
 
 test: env
 	$(VENV)/bin/ruff check .

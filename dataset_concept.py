@@ -16,9 +16,11 @@ Every dataset yields dicts ``{"image", "label", "index"}`` (plus ``"vad"`` when 
 ``classes`` (sorted names; labels index into them), ``targets`` and ``relpath(i)``.
 """
 
+import copy
 import hashlib
 import json
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -35,7 +37,14 @@ from utils.labels import CLASSES_7, CLASSES_8, DATASETS, FER2013_CODES, RAFDB_CO
 
 RAFDB_LIST = os.path.join("EmoLabel", "list_patition_label.txt")
 RAFDB_IMAGES = os.path.join("Image", "aligned")
-FER2013_USAGE = {"train": "Training", "eval": "PublicTest", "test": "PrivateTest"}
+FER2013_USAGE = {"train": "Training", "val": "PublicTest", "eval": "PublicTest", "test": "PrivateTest"}
+SPLIT_FLAGS = {"train": "--data_path", "val": "--val_data_path", "eval": "--eval_data_path", "test": "--test_data_path"}
+
+
+def _first_line(exc) -> str:
+    """The first line of an exception's message (some carry tracebacks or advice below it)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- transforms
@@ -61,6 +70,7 @@ class FaceDataset(Dataset):
     """Base class: subclasses fill ``samples`` [(path relative to root, label)] and ``classes``."""
 
     name = "faces"
+    per_sample = ()  # further per-sample lists a subclass keeps in sample order (see subset)
 
     def __init__(self, root, classes, samples, transform=None, skip_bad_images=False, vad=None):
         if not samples:
@@ -83,17 +93,33 @@ class FaceDataset(Dataset):
         return os.path.join(self.root, self.relpath(index))
 
     def _load(self, index):
-        return Image.open(os.path.join(self.root, self.samples[index][0]))
+        path = os.path.join(self.root, self.samples[index][0])
+        if os.path.getsize(path) == 0:
+            raise ValueError("the file is empty, 0 bytes")
+        return Image.open(path)
 
     def load_image(self, index: int) -> Image.Image:
-        """The PIL RGB image of sample ``index``; an unreadable file is a UserError naming it."""
+        """The PIL RGB image of sample ``index``; an unreadable file is a UserError naming it.
+
+        Empty files, images without pixels and decompression bombs (more pixels than PIL's
+        ``Image.MAX_IMAGE_PIXELS``, its warning made an error) are refused the same way.
+        """
         try:
-            image = self._load(index)
-            image.load()
-            return image.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = self._load(index)
+                image.load()
+                if image.width == 0 or image.height == 0:
+                    raise ValueError(f"the image is {image.width}x{image.height} pixels")
+                return image.convert("RGB")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise UserError(
-                f"cannot read image {self.describe(index)} ({exc}); fix or remove it, or pass "
+                f"image {self.describe(index)} is refused as a decompression bomb ({_first_line(exc)}); "
+                f"a face image needs far fewer pixels: remove the file or pass --skip_bad_images."
+            ) from None
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
+            raise UserError(
+                f"cannot read image {self.describe(index)} ({_first_line(exc)}); fix or remove it, or pass "
                 f"--skip_bad_images to skip unreadable images."
             ) from None
 
@@ -110,6 +136,18 @@ class FaceDataset(Dataset):
         if self.vad is not None:
             item["vad"] = torch.tensor(self.vad[index])
         return item
+
+    def subset(self, indices) -> "FaceDataset":
+        """A copy holding only the samples ``indices`` (in that order), with its own transform."""
+        part = copy.copy(self)
+        indices = [int(i) for i in indices]
+        part.samples = [self.samples[i] for i in indices]
+        part.targets = [self.targets[i] for i in indices]
+        part.vad = self.vad[indices] if self.vad is not None else None
+        for name in self.per_sample:
+            values = getattr(self, name)
+            setattr(part, name, [values[i] for i in indices])
+        return part
 
     def fingerprint(self) -> str:
         """A short hash of what the split holds, for caches and for matching stage artefacts."""
@@ -142,11 +180,10 @@ class FolderFaces(FaceDataset):
     name = "folder"
     expected_classes = None
 
-    def __init__(self, root, transform=None, skip_bad_images=False):
+    def __init__(self, root, transform=None, skip_bad_images=False, flag="--data_path"):
         if not os.path.isdir(root):
             raise UserError(
-                f"data folder {root} does not exist; put the class folders there or pass "
-                f"--data_path (see README, 'Data')."
+                f"data folder {root} does not exist; put the class folders there or pass {flag} (see README, 'Data')."
             )
         try:
             classes, class_to_idx = find_classes(root)
@@ -165,6 +202,14 @@ class FolderFaces(FaceDataset):
         if self.expected_classes is not None and classes not in self.expected_classes:
             options = " or ".join(str(c) for c in self.expected_classes)
             raise UserError(f"{root} has class folders {classes}, but --dataset {self.name} expects {options}.")
+        if all(c.isdigit() for c in classes):
+            print(
+                f"warning: the class folders of {root} are named only by digits ({', '.join(classes[:8])}"
+                f"{' ...' if len(classes) > 8 else ''}); the class names are the folder names, in text order, "
+                f"not a dataset's label codes: rename the folders (or convert with tools/prepare_*.py) to name "
+                f"the expressions.",
+                flush=True,
+            )
         samples = [(os.path.relpath(path, root), label) for path, label in found]
         super().__init__(root, classes, samples, transform, skip_bad_images)
 
@@ -196,24 +241,31 @@ def read_rafdb_list(
         raise UserError(f"label list {list_file} not found; {fix}.")
     to_label = code_to_label(RAFDB_CODES, CLASSES_7)
     entries = []
-    with open(list_file) as handle:
-        for lineno, line in enumerate(handle, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) not in to_label:
-                raise UserError(
-                    f"{list_file} line {lineno} is not '<name>.jpg <label 1..7>': {line.strip()!r}; fix that line."
-                )
-            name, code = parts
-            split = next((s for s in ("train", "test") if name.startswith(s + "_")), None)
-            if split is None:
-                raise UserError(
-                    f"{list_file} line {lineno} names {name!r}, which starts with neither 'train_' nor "
-                    f"'test_'; fix that line."
-                )
-            stem, ext = os.path.splitext(name)
-            entries.append((split, os.path.join(RAFDB_IMAGES, f"{stem}_aligned{ext}"), to_label[int(code)]))
+    try:
+        with open(list_file, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{list_file} is not a text file ({exc.reason} at byte {exc.start}); check that it is the RAF-DB "
+            f"basic label file."
+        ) from None
+    for lineno, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdigit()) or int(parts[1]) not in to_label:
+            raise UserError(
+                f"{list_file} line {lineno} is not '<name>.jpg <label 1..7>': {line.strip()!r}; fix that line."
+            )
+        name, code = parts
+        split = next((s for s in ("train", "test") if name.startswith(s + "_")), None)
+        if split is None:
+            raise UserError(
+                f"{list_file} line {lineno} names {name!r}, which starts with neither 'train_' nor "
+                f"'test_'; fix that line."
+            )
+        stem, ext = os.path.splitext(name)
+        entries.append((split, os.path.join(RAFDB_IMAGES, f"{stem}_aligned{ext}"), to_label[int(code)]))
     if not entries:
         raise UserError(f"{list_file} lists no images; check that it is the RAF-DB basic label file.")
     return entries
@@ -234,6 +286,7 @@ class Fer2013Csv(FaceDataset):
     """FER2013-format CSV: 48x48 grey faces in a ``pixels`` column, labels mapped onto CLASSES_7."""
 
     name = "fer2013"
+    per_sample = ("pixels", "rows")
 
     def __init__(self, csv_path, split, transform=None, skip_bad_images=False, vad=False, skip_missing_vad=False):
         if not os.path.isfile(csv_path):
@@ -288,10 +341,25 @@ class Fer2013Csv(FaceDataset):
         return [self.csv_path]
 
     def _load(self, index):
-        values = np.array(str(self.pixels[index]).split(), dtype=np.float32)
-        if values.size != 48 * 48 or values.min() < 0 or values.max() > 255:
-            raise ValueError("pixels is not 2304 values in 0..255")
+        fields = str(self.pixels[index]).split()
+        try:
+            values = np.array(fields, dtype=np.float32)
+        except ValueError:
+            bad = next(f for f in fields if not _is_number(f))
+            raise ValueError(f"pixels holds the non-numeric value {bad[:20]!r}") from None
+        if values.size != 48 * 48:
+            raise ValueError(f"pixels holds {values.size} values, not 48x48 = 2304")
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 255:
+            raise ValueError("pixels holds values outside 0..255")
         return Image.fromarray(values.reshape(48, 48).astype(np.uint8), mode="L")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class ImageFiles(FaceDataset):
@@ -338,7 +406,7 @@ def build_dataset(
     folder = {"folder": FolderFaces, "ferplus": FerPlusFaces, "affectnet": AffectNetFaces}.get(kind)
     if folder is None:
         raise UserError(f"--dataset {kind} is not one of {', '.join(DATASETS)}.")
-    return folder(path, transform, skip_bad_images)
+    return folder(path, transform, skip_bad_images, SPLIT_FLAGS.get(split, "--data_path"))
 
 
 def check_same_classes(train_set, other_set, what):
@@ -442,15 +510,26 @@ def compute_norm_stats(dataset: FaceDataset, batch_size: int = 256, num_workers:
     return (total[:3] / count).tolist(), (total[3:6] / count).tolist()
 
 
+def read_norm_cache(path: str) -> tuple[list, list] | None:
+    """(mean, std) from a cache file, or None when it is absent or unreadable (then they are recomputed)."""
+    try:
+        with open(path) as handle:
+            saved = json.load(handle)
+        mean, std = saved["mean"], saved["std"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    ok = all(isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v) for v in (mean, std))
+    return (mean, std) if ok else None
+
+
 def norm_stats(dataset: FaceDataset, cache_dir: str | None = None, num_workers: int = 4) -> tuple[list, list]:
     """Normalisation statistics of a training set, cached as JSON keyed by the dataset's fingerprint."""
     cache = None
     if cache_dir:
         cache = os.path.join(cache_dir, f"norm_{dataset.name}_{dataset.fingerprint()}_{dataset.content_stamp()}.json")
-        if os.path.isfile(cache):
-            with open(cache) as handle:
-                saved = json.load(handle)
-            return saved["mean"], saved["std"]
+        saved = read_norm_cache(cache)
+        if saved is not None:
+            return saved
     mean, std = compute_norm_stats(dataset, num_workers=num_workers)
     if cache and du.is_main_process():
         from utils.checkpoint import write_json  # local import: checkpoint imports nothing from here
@@ -469,9 +548,55 @@ def fer2013_has_usage(path):
         return False
 
 
-def build_splits(args, vad: bool = False, train_transform: bool = True) -> tuple[dict, list, list]:
-    """The train / eval / (test) datasets of a stage with the method's transforms.
+def split_validation(dataset: FaceDataset, fraction: float, seed: int) -> tuple[FaceDataset, FaceDataset, dict]:
+    """Hold out ``fraction`` of each class's images of ``dataset`` (stratified, drawn with ``seed``).
 
+    Class c gives round(fraction * n_c) images, at least one and at most n_c - 1 (a class keeps at least
+    one training image). The draw depends only on (seed, fraction, the dataset's samples), so a later
+    stage re-derives the same split from the record. Returns (remaining, held out, record) where the
+    record {"fraction", "seed", "images", "fingerprint"} is what checkpoints store.
+    """
+    targets = np.asarray(dataset.targets)
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in range(len(dataset.classes)):
+        members = np.flatnonzero(targets == c)
+        if members.size < 2:
+            continue
+        n = min(max(int(round(fraction * members.size)), 1), members.size - 1)
+        held.extend(rng.permutation(members)[:n].tolist())
+    held_set = set(held)
+    if not held:
+        raise UserError(
+            f"--val_split {fraction} holds out no image of {dataset.root}: every class has fewer than 2 images."
+        )
+    held = sorted(held)
+    remaining = dataset.subset([i for i in range(len(dataset)) if i not in held_set])
+    validation = dataset.subset(held)
+    record = {"fraction": fraction, "seed": seed, "images": len(held), "fingerprint": validation.fingerprint()}
+    return remaining, validation, record
+
+
+def apply_recorded_split(dataset: FaceDataset, record: dict | None, what: str) -> FaceDataset:
+    """The images of ``dataset`` that a stage-1 run trained on, from the validation split it recorded
+    (``meta["val_split"]``; None: all of them). The split is drawn again and must hold the same images."""
+    if not record:
+        return dataset
+    remaining, _, again = split_validation(dataset, record["fraction"], record["seed"])
+    if again["fingerprint"] != record["fingerprint"]:
+        raise UserError(
+            f"{dataset.root} does not hold the {record['images']} validation images that {what} held out "
+            f"(--val_split {record['fraction']}, --val_seed {record['seed']}); pass the training set it was "
+            f"trained on."
+        )
+    return remaining
+
+
+def build_splits(args, vad: bool = False, train_transform: bool = True) -> tuple[dict, list, list]:
+    """The train / (val) / eval / (test) datasets of a stage with the method's transforms.
+
+    ``val`` is ``--val_data_path``, or ``--val_split`` of the training images held out (stratified,
+    ``--val_seed``; the rest train, and ``args.val_record`` says which were held out), or absent.
     Normalisation statistics are those of the training images (cached); classes must agree across
     splits. Returns (splits dict, mean, std).
     """
@@ -481,7 +606,16 @@ def build_splits(args, vad: bool = False, train_transform: bool = True) -> tuple
         args.eval_data_path = args.data_path
         args.test_data_path = args.test_data_path or args.data_path
     splits = {"train": build_dataset(args.dataset, args.data_path, "train", None, args.skip_bad_images, vad, skip_vad)}
-    for split, path in (("eval", args.eval_data_path), ("test", getattr(args, "test_data_path", ""))):
+    args.val_record = None
+    if getattr(args, "val_split", 0):
+        splits["train"], splits["val"], args.val_record = split_validation(
+            splits["train"], args.val_split, args.val_seed
+        )
+    for split, path in (
+        ("val", getattr(args, "val_data_path", "")),
+        ("eval", args.eval_data_path),
+        ("test", getattr(args, "test_data_path", "")),
+    ):
         if path:
             splits[split] = build_dataset(args.dataset, path, split, None, args.skip_bad_images, vad, skip_vad)
             check_same_classes(splits["train"], splits[split], split)

@@ -162,7 +162,7 @@ def concept_regularisation(args, train_set) -> tuple:
     elif os.path.isfile(args.concept_ckpt) and sha256_file(args.concept_ckpt) == bank["concept_sha256"]:
         checkpoint = load_checkpoint(args.concept_ckpt, "concept checkpoint", mmap=True)
     best = (checkpoint.get("best") if checkpoint else None) or {}
-    eval_acc = best.get("value") if best.get("metric") == "eval_acc" else None
+    eval_acc = best.get("value") if best.get("metric") in ("eval_acc", "val_acc") else None  # its selection split
     teacher, warning = teacher_quality(bank, eval_acc, args.weak_teacher_acc)
     if warning:
         print(warning, flush=True)

@@ -47,12 +47,13 @@ def main(argv=None):
         "std": std,
         "dataset": args.dataset,
         "train_fingerprint": splits["train"].fingerprint(),
+        "val_split": args.val_record,  # the training images held out (--val_split): stages 2 and 3 re-derive them
         "focal_alpha": focal_alpha,
         "pretrained_sha256": model.weights_sha256,
     }
     prepare_resume(args, meta)  # before anything is written
     trainer = Trainer(args, model, ConceptObjective(args, len(classes), focal_alpha, args.device_obj), meta)
-    eval_loaders = {split: eval_loader(splits[split], args) for split in ("eval", "test") if split in splits}
+    eval_loaders = {split: eval_loader(splits[split], args) for split in ("val", "eval", "test") if split in splits}
     if args.eval:
         trainer.evaluate_checkpoint(args.resume, eval_loaders, classes)
         du.cleanup()

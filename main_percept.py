@@ -18,7 +18,15 @@ from dataset_percept import collate_percept, concept_regularisation
 from models.backbones import PERCEPT_BACKBONES, default_weights
 from models.percept import PerceptNet
 from utils import distributed as du
-from utils.cli import check_percept_args, existing_file, percept_parser, prepare_resume, start_run, write_config
+from utils.cli import (
+    adopt_concept_split,
+    check_percept_args,
+    existing_file,
+    percept_parser,
+    prepare_resume,
+    start_run,
+    write_config,
+)
 from utils.engine import Trainer
 from utils.errors import UserError, run_main
 from utils.log import write_vad_records
@@ -45,6 +53,7 @@ def main(argv=None):
             f"put the {args.backbone} weights there (see pretrained/README.md) or pass --pretrained none.",
         )
     )
+    adopt_concept_split(args)  # the validation split of stage 1, before the data are split
     splits, mean, std = build_splits(args, vad=args.vad)
     classes = splits["train"].classes
     mode = args.concept_target
@@ -68,6 +77,7 @@ def main(argv=None):
         "std": std,
         "dataset": args.dataset,
         "train_fingerprint": splits["train"].fingerprint(),
+        "val_split": args.val_record,  # the training images held out (--val_split): stages 2 and 3 re-derive them
         "concept_target": mode,
         "pool_features": args.pool_features,
         "teacher_filter": args.teacher_filter,
@@ -83,7 +93,7 @@ def main(argv=None):
         meta,
         on_epoch_end=(lambda history, best: write_vad_records(args.output_dir, history, best)) if args.vad else None,
     )
-    eval_loaders = {split: eval_loader(splits[split], args) for split in ("eval", "test") if split in splits}
+    eval_loaders = {split: eval_loader(splits[split], args) for split in ("val", "eval", "test") if split in splits}
     if args.eval:
         trainer.evaluate_checkpoint(args.resume, eval_loaders, classes)
         du.cleanup()

@@ -36,6 +36,7 @@ from torch import nn
 from torchvision import models as tv
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from utils.checkpoint import damage, unpickler_reason
 from utils.errors import UserError
 from utils.files import sha256_file
 
@@ -271,14 +272,19 @@ def load_torchvision_weights(model: nn.Module, path: str, what: str = "backbone 
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        broken = damage(path)  # a damaged file is corrupt, not unsafe
+        if broken:
+            raise UserError(
+                f"{what} {path} is corrupt or truncated ({broken}); download it again as described in {README_HINT}."
+            ) from None
         raise UserError(
-            f"{what} {path} is not a plain tensor checkpoint and is refused for safety ({first}); "
+            f"{what} {path} is not a plain tensor checkpoint and is refused for safety ({unpickler_reason(exc)}); "
             f"use the genuine file described in {README_HINT}."
         ) from None
     except Exception as exc:  # noqa: BLE001 -- truncated zip, wrong format, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise UserError(
-            f"{what} {path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc}); "
+            f"{what} {path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {first}); "
             f"download it again as described in {README_HINT}."
         ) from None
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None

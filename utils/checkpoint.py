@@ -7,12 +7,15 @@ that asks to run code is refused.
 """
 
 import contextlib
+import errno
 import io
 import json
 import os
 import pickle
+import pickletools
 import random
 import tempfile
+import warnings
 import zipfile
 
 import numpy as np
@@ -27,9 +30,14 @@ def _umask():
     return mask
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it goes."""
+    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it goes.
+
+    A full disk (or quota) while writing is a UserError saying that the previous file is left intact."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
@@ -40,6 +48,18 @@ def atomic_path(path):
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        kept = (
+            f"the previous {os.path.basename(path)} is intact and readable"
+            if os.path.isfile(path)
+            else "nothing was written in its place"
+        )
+        raise UserError(
+            f"could not write {path} ({os.strerror(exc.errno)}); {kept}: free some space and continue with "
+            f"--resume auto."
+        ) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -112,27 +132,61 @@ def remove_stale_temporaries(folder):
     return removed
 
 
+def damage(path) -> str | None:
+    """Why the file at ``path`` cannot be an intact checkpoint (its zip container or pickle stream is
+    broken), or None when it is intact, whatever it holds. Reads the file; runs nothing from it."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            return f"{bad} fails its checksum" if bad else None
+        with open(path, "rb") as handle:
+            for _ in pickletools.genops(handle):
+                pass
+    except Exception as exc:  # noqa: BLE001 -- any failure to parse is damage
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return None
+
+
+def unpickler_reason(exc) -> str:
+    """The reason in torch's weights_only error, without its advice to turn the safe loader off."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else "unsafe content"
+
+
 def load_checkpoint(path, what="checkpoint", mmap=False):
     """Load a checkpoint with ``weights_only=True``; a missing, corrupt or unsafe file is a UserError.
 
-    ``mmap=True`` maps the tensors instead of reading them (for a look at the metadata); it applies to
-    the zip format ``torch.save`` writes, other files are read normally.
+    A file whose container or pickle stream is broken is called corrupt; an intact one that asks for
+    anything but tensors and plain types is refused. ``mmap=True`` maps the tensors instead of reading
+    them (for a look at the metadata); it applies to the zip format ``torch.save`` writes, other files
+    are read normally.
     """
     if not os.path.isfile(path):
         raise UserError(f"{what} {path} not found; pass the right path (a stage writes OUTPUT/checkpoint-best.pth).")
+    corrupt = (
+        f"{what} {path} is corrupt or truncated ({{}}); use another copy (checkpoint-last.pth and "
+        f"checkpoint-best.pth are written atomically)."
+    )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on unusual pickle protocols
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        broken = damage(path)
+        if broken:
+            raise UserError(corrupt.format(broken)) from None
         raise UserError(
-            f"{what} {path} is refused: it is not a plain tensor checkpoint ({first}); only files "
-            f"that load with weights_only=True are accepted."
+            f"{what} {path} is refused: it is not a plain tensor checkpoint ({unpickler_reason(exc)}); only "
+            f"files that load with weights_only=True are accepted."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise UserError(
-            f"{what} {path} is corrupt or truncated ({str(exc).splitlines()[0]}); use another copy "
-            f"(checkpoint-last.pth and checkpoint-best.pth are written atomically)."
-        ) from None
+    except Exception as exc:  # noqa: BLE001 -- torch.load fails on a damaged file in many ways (struct, zip, EOF ...)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(corrupt.format(reason)) from None
 
 
 # --------------------------------------------------------------------------- RNG state

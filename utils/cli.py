@@ -12,9 +12,9 @@ import torch
 
 from utils import distributed as du
 from utils.checkpoint import elastic_restart, load_checkpoint, resolve_resume, write_json
-from utils.engine import check_meta, plain_args
+from utils.engine import check_meta, claim_output_dir, plain_args
 from utils.errors import UserError
-from utils.files import sha256_file
+from utils.files import check_folder_free, sha256_file
 from utils.labels import DATASETS
 
 DEFAULT_TRAIN_PATH = os.path.join("data", "RAF-DB", "train")
@@ -27,60 +27,128 @@ def default_workers():
     return min(8, os.cpu_count() or 1)
 
 
-def common_parser(description, output_dir, epochs, lr_schedule=True):
+# flags that only mean something where a network is trained; stage 2 (which only scores) refuses them
+TRAINING_ONLY = (
+    "val_data_path",
+    "val_split",
+    "val_seed",
+    "eval_data_path",
+    "test_data_path",
+    "norm_cache",
+    "log_dir",
+    "epochs",
+    "lr",
+    "blr",
+    "weight_decay",
+    "lr_schedule",
+    "resume",
+    "eval",
+    "classifier_input",
+)
+
+
+def common_parser(description, output_dir, epochs, training=True):
+    """The flags every stage shares. ``training=False`` (stage 2) keeps only those that mean something
+    without training; the others (TRAINING_ONLY) are still parsed, hidden, so that
+    :func:`reject_training_flags` can name them instead of letting them pass unnoticed."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hidden = parser.add_argument_group("not for this stage")
+
+    def add(group, name, **kwargs):
+        if training or name.lstrip("-") not in TRAINING_ONLY:
+            group.add_argument(name, **kwargs)
+        else:  # accepted by the parser only to be refused with a sentence
+            hidden.add_argument(name, nargs="?", const="", default=None, help=argparse.SUPPRESS)
+
     data = parser.add_argument_group("data")
     data.add_argument(
         "--data_path", default=DEFAULT_TRAIN_PATH, help="training split (class folders, RAF-DB root or CSV)"
     )
-    data.add_argument(
+    add(
+        data,
+        "--val_split",
+        type=float,
+        default=None,
+        help="fraction of each class's training images held out (stratified, --val_seed) to choose the best "
+        "epoch; the rest train, and stages 2 and 3 re-derive the same split from the stage-1 checkpoint "
+        "(default 0: no split; stage 3 with a concept model: stage 1's)",
+    )
+    add(data, "--val_seed", type=int, default=0, help="seed of the --val_split draw (independent of --seed)")
+    add(
+        data,
+        "--val_data_path",
+        default="",
+        help="a validation split that chooses the best epoch (instead of --val_split)",
+    )
+    add(
+        data,
         "--eval_data_path",
         default=DEFAULT_EVAL_PATH,
-        help="split that selects the best epoch (a FER2013 file with Usage: the same file, PublicTest)",
+        help="split evaluated every epoch; it chooses the best epoch only when there is no validation split "
+        "(a FER2013 file with Usage: the same file, PublicTest)",
     )
-    data.add_argument(
-        "--test_data_path", default="", help="optional split evaluated and reported, never used to choose"
-    )
-    data.add_argument("--dataset", default="folder", choices=DATASETS, help="format of the three paths")
+    add(data, "--test_data_path", default="", help="optional split evaluated and reported, never used to choose")
+    data.add_argument("--dataset", default="folder", choices=DATASETS, help="format of the data paths")
     data.add_argument("--input_size", type=int, default=224, help="crop size; the resize is input_size*256/224")
     data.add_argument("--num_workers", type=int, default=default_workers())
     data.add_argument(
         "--skip_bad_images", action="store_true", help="skip and count unreadable images instead of stopping"
     )
-    data.add_argument("--norm_cache", default="output/cache", help="folder caching normalisation statistics ('' = off)")
+    add(data, "--norm_cache", default="output/cache", help="folder caching normalisation statistics ('' = off)")
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default=output_dir)
-    run.add_argument("--log_dir", default=None, help="TensorBoard folder (default OUTPUT_DIR/tb)")
+    add(run, "--log_dir", default=None, help="TensorBoard folder (default OUTPUT_DIR/tb)")
     run.add_argument("--batch_size", type=int, default=64, help="per process")
-    run.add_argument("--epochs", type=int, default=epochs)
-    run.add_argument("--lr", type=float, default=None, help="absolute learning rate (default blr x world size)")
-    run.add_argument("--blr", type=float, default=1e-4, help="learning rate per process")
-    run.add_argument("--weight_decay", type=float, default=1e-5)
-    if lr_schedule:
-        run.add_argument(
-            "--lr_schedule",
-            default="reference",
-            choices=("reference", "cosine"),
-            help="reference: CosineAnnealingLR(T_max=5) stepped every iteration; cosine: per-epoch cosine",
-        )
-    run.add_argument("--seed", type=int, default=42)
-    run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    run.add_argument(
-        "--resume", default="", help="checkpoint to continue from, or 'auto' for OUTPUT_DIR/checkpoint-last.pth"
+    add(run, "--epochs", type=int, default=epochs)
+    add(run, "--lr", type=float, default=None, help="absolute learning rate (default blr x world size)")
+    add(run, "--blr", type=float, default=1e-4, help="learning rate per process")
+    add(run, "--weight_decay", type=float, default=1e-5)
+    add(
+        run,
+        "--lr_schedule",
+        default="reference",
+        choices=("reference", "cosine"),
+        help="reference: CosineAnnealingLR(T_max=5) stepped every iteration; cosine: per-epoch cosine",
     )
-    run.add_argument("--eval", action="store_true", help="only evaluate the --resume checkpoint")
+    run.add_argument("--seed", type=int, default=42)
+    run.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic algorithms only (torch.use_deterministic_algorithms, cuDNN autotuning off, "
+        "CUBLAS_WORKSPACE_CONFIG); slower on GPUs, see README",
+    )
+    run.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    add(run, "--resume", default="", help="checkpoint to continue from, or 'auto' for OUTPUT_DIR/checkpoint-last.pth")
+    add(run, "--eval", action="store_true", help="only evaluate the --resume checkpoint")
     run.add_argument("--dist_url", default="env://")
     run.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16, or fp16 with GradScaler)")
     run.add_argument("--channels_last", action="store_true", help="channels_last memory format (faster on recent GPUs)")
-    if epochs is not None:  # the training stages
-        run.add_argument(
-            "--classifier_input",
-            default="scaled",
-            choices=("scaled", "unit"),
-            help="scaled: the class head reads sqrt(256) x the unit feature (learns as fast as a linear "
-            "classifier); unit: the unit feature itself, as the published code (learns ~10x slower)",
-        )
+    run.add_argument(
+        "--print_freq",
+        type=int,
+        default=50,
+        help="when stdout is not a terminal (nohup, SLURM): one progress line every N iterations (0 = none)",
+    )
+    add(
+        run,
+        "--classifier_input",
+        default="scaled",
+        choices=("scaled", "unit"),
+        help="scaled: the class head reads sqrt(256) x the unit feature (learns as fast as a linear "
+        "classifier); unit: the unit feature itself, as the published code (learns ~10x slower)",
+    )
     return parser
+
+
+def reject_training_flags(args, script) -> None:
+    """Stage 2 trains nothing: a training flag given to it is refused with one sentence naming it."""
+    given = [f"--{name}" for name in TRAINING_ONLY if getattr(args, name, None) is not None]
+    if given:
+        raise UserError(
+            f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to {script}, which only scores "
+            f"the training images with the stage-1 model (its normalisation and validation split come from "
+            f"--concept_ckpt); drop {'it' if len(given) == 1 else 'them'}."
+        )
 
 
 # --------------------------------------------------------------------------- each stage's own flags
@@ -127,7 +195,7 @@ def confidence_parser() -> argparse.ArgumentParser:
         "CRPN stage 2: confidence scores, thresholds, pools and feature bank",
         os.path.join("output", "confidence"),
         epochs=None,
-        lr_schedule=False,
+        training=False,
     )
     parser.set_defaults(input_size=None, batch_size=128)
     group = parser.add_argument_group("stage 2")
@@ -205,6 +273,32 @@ def percept_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def adopt_concept_split(args) -> None:
+    """Stage 3 with concept targets trains on the images stage 1 trained on: its validation split is the one
+    recorded in the stage-1 checkpoint (``meta["val_split"]``: fraction and seed, re-derived by
+    :func:`dataset_concept.split_validation`). A different explicit ``--val_split``/``--val_seed``, or a
+    ``--val_data_path`` next to a held-out split, is refused."""
+    if args.eval or args.concept_target == "none" or not os.path.isfile(args.concept_ckpt):
+        return  # a missing checkpoint is reported where it is read
+    checkpoint = load_checkpoint(args.concept_ckpt, "concept checkpoint", mmap=True)
+    record = (checkpoint.get("meta") or {}).get("val_split") if isinstance(checkpoint, dict) else None
+    if not record:
+        return
+    asked = args.val_split is not None and (args.val_split != record["fraction"] or args.val_seed != record["seed"])
+    if asked or args.val_data_path:
+        raise UserError(
+            f"{args.concept_ckpt} was trained with --val_split {record['fraction']} --val_seed {record['seed']} "
+            f"({record['images']} training images held out), and stage 3 must hold out the same images; drop "
+            f"--val_split, --val_seed and --val_data_path (stage 3 takes the split from the stage-1 checkpoint)."
+        )
+    args.val_split, args.val_seed = record["fraction"], record["seed"]
+    print(
+        f"stage 3 holds out the {record['images']} training images stage 1 held out (--val_split "
+        f"{record['fraction']}, --val_seed {record['seed']}) and chooses its best epoch on them.",
+        flush=True,
+    )
+
+
 def check_percept_args(args) -> None:
     """Stage 3's method flags: the CE weight's default (2, or 1 with --vad) and the ranges."""
     if args.alpha is None:
@@ -221,7 +315,9 @@ def check_percept_args(args) -> None:
 # --------------------------------------------------------------------------- checks and start
 def check_args(args):
     """Refuse absurd values with one sentence each."""
-    positive = {"batch_size": args.batch_size, "input_size": args.input_size, "blr": args.blr}
+    positive = {"batch_size": args.batch_size, "input_size": args.input_size}
+    if args.blr is not None:  # None: stage 2, which has no learning rate
+        positive["blr"] = args.blr
     if getattr(args, "epochs", None) is not None and not args.eval:
         positive["epochs"] = args.epochs
     if args.lr is not None:
@@ -231,29 +327,52 @@ def check_args(args):
             raise UserError(f"--{name} must be positive, got {value}.")
     if args.input_size < 16 or args.input_size > 1024:
         raise UserError(f"--input_size {args.input_size} is outside 16..1024 pixels.")
-    for name in ("num_workers", "weight_decay"):
-        if getattr(args, name) < 0:
+    for name in ("num_workers", "weight_decay", "print_freq"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
             raise UserError(f"--{name} cannot be negative, got {getattr(args, name)}.")
     if args.eval and not args.resume:
         raise UserError("--eval needs --resume CHECKPOINT (the checkpoint to evaluate).")
+    if args.val_split is not None and not 0 <= args.val_split < 1:
+        raise UserError(f"--val_split is a fraction in [0, 1), got {args.val_split}.")
+    if args.val_split and args.val_data_path:
+        raise UserError("pass --val_split (held out of the training set) or --val_data_path (a given split), not both.")
+
+
+def set_deterministic(enabled: bool) -> None:
+    """``--deterministic``: only deterministic algorithms (an op without one stops with PyTorch's error),
+    cuDNN autotuning off, and the cuBLAS workspace setting CUDA's deterministic GEMMs need."""
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def start_run(args):
-    """Initialise devices and processes, seed, and resolve the learning rate. Writes nothing."""
+    """Initialise devices and processes, seed, and resolve the learning rate. Writes nothing; a folder
+    held by a live run (:func:`utils.files.hold_folder`) is refused here already."""
     check_args(args)
+    set_deterministic(args.deterministic)
     layout = du.init_distributed(args.device, args.dist_url)
     args.rank, args.world_size, args.distributed = layout["rank"], layout["world_size"], layout["distributed"]
     args.device_obj = layout["device"]
     args.device_name = str(layout["device"])
     if args.device_obj.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not args.deterministic
     else:
         args.channels_last = False
+    if du.is_main_process():
+        check_folder_free(args.output_dir)
     du.seed_everything(args.seed)
-    if args.lr is None:
+    if args.lr is None and args.blr is not None:
         args.lr = args.blr * args.world_size
     args.elastic_run_id = elastic_restart()[1]  # saved in checkpoints: which torchrun job wrote them
     return args
+
+
+# what a training checkpoint must share with the run that continues it (check_meta's keys, and the split)
+RESUME_KEYS = ("model", "backbone", "classifier_input", "classes", "input_size", "val_split")
 
 
 def prepare_resume(args, meta):
@@ -283,7 +402,7 @@ def prepare_resume(args, meta):
         )
     if path:
         checkpoint = load_checkpoint(path, mmap=True)
-        check_meta(checkpoint, meta, path)
+        check_meta(checkpoint, meta, path, keys=RESUME_KEYS)
         if "optimizer" not in checkpoint:
             raise UserError(
                 f"{path} holds weights only (a checkpoint-best.pth), not the training state; continue "
@@ -306,6 +425,7 @@ def write_config(args, files=None):
     (``files`` maps a role to a path; a resumed checkpoint is added), and what ran (rank 0 only)."""
     if not du.is_main_process():
         return
+    claim_output_dir(args)
     files = {role: path for role, path in (files or {}).items() if path}
     if getattr(args, "resume", ""):  # settled once by prepare_resume
         files["resume"] = args.resume

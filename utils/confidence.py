@@ -13,7 +13,7 @@ from utils.checkpoint import save_checkpoint, write_csv, write_json
 from utils.engine import autocast, to_device
 from utils.errors import UserError
 from utils.figures import new_figure, save_figure
-from utils.log import progress
+from utils.log import StepLines, progress
 
 
 def per_class_thresholds(confidence, labels, num_classes: int, percentile: float, classes: list | None = None):
@@ -39,17 +39,24 @@ def per_class_thresholds(confidence, labels, num_classes: int, percentile: float
 
 
 @torch.no_grad()
-def score(model, loader, device: torch.device, amp_dtype=None) -> dict:
+def score(
+    model, loader, device: torch.device, amp_dtype=None, channels_last: bool = False, print_freq: int = 0
+) -> dict:
     """Emotion features ``e``, ``logits``, ``confidence`` and dataset ``index`` of every sample of a
-    sharded loader, gathered from every rank in index order (``model.emotion_forward`` only)."""
+    sharded loader, gathered from every rank in index order (``model.emotion_forward`` only; autocast to
+    ``amp_dtype`` when given; a progress line every ``print_freq`` batches when stdout is not a terminal)."""
     parts = {"index": [], "e": [], "logits": [], "confidence": []}
-    for batch in progress(loader, desc="scoring"):
+    lines = StepLines("scoring", len(loader), print_freq, device, du.get_world_size())
+    for step, batch in enumerate(progress(loader, desc="scoring")):
         batch.pop("skipped", None)
         if "image" not in batch:
             continue
-        batch = to_device(batch, device)
+        batch = to_device(batch, device, channels_last)
         with autocast(device, amp_dtype):
             out = model.emotion_forward(batch["image"])
+        lines.count(len(batch["index"]))
+        if lines.due(step):
+            lines.show(step, {})
         parts["index"].append(batch["index"].cpu())
         for key in ("e", "logits", "confidence"):
             parts[key].append(out[key].float().cpu())

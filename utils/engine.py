@@ -15,6 +15,7 @@ An *objective* is what a stage optimises: ``objective(model, batch) -> (loss, pa
 """
 
 import contextlib
+import json
 import os
 import time
 
@@ -25,8 +26,9 @@ from torch import nn
 from utils import distributed as du
 from utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, write_json
 from utils.errors import UserError
+from utils.files import hold_folder
 from utils.labels import VAD_NAMES
-from utils.log import RunLogger, format_line, progress
+from utils.log import RunLogger, StepLines, format_line, progress
 from utils.metrics import RegressionStats, classification_summary, confusion_counts, save_confusion_matrix
 
 
@@ -35,7 +37,7 @@ def amp_setup(device: torch.device, enabled: bool):
     """(autocast dtype or None, GradScaler or None): bf16 where the GPU supports it, else fp16 + scaler."""
     if not enabled or device.type != "cuda":
         if enabled:
-            print("--amp is ignored on CPU; training in fp32.")
+            print("--amp is ignored on CPU; running in fp32.")
         return None, None
     if torch.cuda.is_bf16_supported():
         return torch.bfloat16, None
@@ -78,6 +80,10 @@ def build_scheduler(args, optimizer):
 
 
 # --------------------------------------------------------------------------- one epoch
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return optimizer.param_groups[0]["lr"]
+
+
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler=None) -> None:
     """Backward and one optimiser step (through the GradScaler under fp16 autocast)."""
     optimizer.zero_grad(set_to_none=True)
@@ -102,16 +108,19 @@ def train_one_epoch(
     scaler=None,
     amp_dtype=None,
     channels_last: bool = False,
+    print_freq: int = 0,
 ) -> dict:
     """Train one epoch. ``loss_fn(model, batch) -> (loss, parts, outputs)`` where ``parts`` maps names
     to detached scalar tensors (logged as ``train_<name>``) and ``outputs`` holds ``logits`` (train
     accuracy) and, for the multi-task model, ``vad`` (train VAD statistics).
 
-    Returns epoch means over every sample of every rank, the lr, images/s and skipped images.
+    Returns epoch means over every sample of every rank, the lr, images/s and skipped images. When stdout
+    is not a terminal, a progress line every ``print_freq`` steps (:class:`utils.log.StepLines`).
     """
     model.train()
     sums, names, vad_stats = None, None, None
     correct = seen = skipped = 0
+    lines = StepLines(f"epoch {epoch}", len(loader), print_freq, device, du.get_world_size())
     start = time.perf_counter()
     for step, batch in enumerate(progress(loader, desc=f"epoch {epoch}")):
         skipped += batch.pop("skipped", 0)
@@ -136,11 +145,14 @@ def train_one_epoch(
         sums += values.double() * n
         correct += (outputs["logits"].argmax(1) == batch["label"]).sum()
         seen += n
+        lines.count(n)
+        if lines.due(step):
+            lines.show(step, dict(zip(names, values.tolist())) | {"lr": current_lr(optimizer)})
         if "vad" in outputs:
             vad_stats = RegressionStats(3, VAD_NAMES, device) if vad_stats is None else vad_stats
             vad_stats.update(outputs["vad"].detach().float(), batch["vad"])
     elapsed = time.perf_counter() - start
-    lr = optimizer.param_groups[0]["lr"]  # the epoch's lr (before a per-epoch schedule moves it)
+    lr = current_lr(optimizer)  # the epoch's lr (before a per-epoch schedule moves it)
     if scheduler is not None and not per_iteration:
         scheduler.step()
     if sums is None:
@@ -227,6 +239,10 @@ def scalars(prefix: str, result: dict) -> dict:
     return {f"{prefix}_{k}": v for k, v in result.items() if isinstance(v, (int, float))}
 
 
+def metrics_path(output_dir: str, split: str) -> str:
+    return os.path.join(output_dir, "metrics.json" if split == "eval" else f"metrics_{split}.json")
+
+
 def write_eval_report(output_dir: str, split: str, result: dict, classes: list, extra: dict | None = None) -> None:
     """metrics.json + confusion_matrix.csv/.png for one evaluated split (rank 0 only)."""
     if not du.is_main_process():
@@ -239,7 +255,7 @@ def write_eval_report(output_dir: str, split: str, result: dict, classes: list, 
         "confusion": result["confusion"].tolist(),
         **(extra or {}),
     }
-    write_json(os.path.join(output_dir, "metrics.json" if split == "eval" else f"metrics_{split}.json"), metrics)
+    write_json(metrics_path(output_dir, split), metrics)
     suffix = "" if split == "eval" else f"_{split}"
     save_confusion_matrix(
         result["confusion"].numpy(),
@@ -247,6 +263,75 @@ def write_eval_report(output_dir: str, split: str, result: dict, classes: list, 
         os.path.join(output_dir, f"confusion_matrix{suffix}.csv"),
         os.path.join(output_dir, f"confusion_matrix{suffix}.png"),
     )
+
+
+# --------------------------------------------------------------------------- model selection
+def selection_summary(history: list, best: dict, splits) -> dict:
+    """The chosen epoch and what it gives on every evaluated split, next to each split's own best epoch.
+
+    ``best`` names the epoch chosen by ``best["metric"]`` (``val_acc``, else ``eval_acc``). For each split:
+    ``acc_at_selected_epoch`` (the honest figure on a split that did not choose) and ``best_epoch`` /
+    ``acc_at_best_epoch`` (the split's maximum over epochs: what a paper that picks its epoch on the test
+    set reports; optimistic). The earliest epoch wins a tie.
+    """
+    chosen = next(r for r in history if r["epoch"] == best["epoch"])
+    summary = {"selected_on": best["metric"].removesuffix("_acc"), **best, "splits": {}}
+    for split in splits:
+        key = f"{split}_acc"
+        rows = [r for r in history if r.get(key) is not None]
+        if not rows:
+            continue
+        top = max(rows, key=lambda r: r[key])
+        summary["splits"][split] = {
+            "acc_at_selected_epoch": chosen.get(key),
+            "best_epoch": top["epoch"],
+            "acc_at_best_epoch": top[key],
+        }
+    return summary
+
+
+def selection_columns(summary: dict) -> dict:
+    """Per-epoch log columns for the splits that did not choose: ``<split>_acc_at_selected_epoch`` and,
+    labelled, ``<split>_acc_max_over_epochs`` (the best-test-epoch figure papers report)."""
+    columns = {}
+    for split, figures in summary["splits"].items():
+        if split != summary["selected_on"]:
+            columns[f"{split}_acc_at_selected_epoch"] = figures["acc_at_selected_epoch"]
+            columns[f"{split}_acc_max_over_epochs"] = figures["acc_at_best_epoch"]
+    return columns
+
+
+def selection_line(summary: dict) -> str:
+    """One sentence: the chosen epoch, the reported splits there and, labelled, at their own best epochs."""
+
+    def number(value):
+        return "n/a" if value is None else f"{value:.2f}"
+
+    on = summary["selected_on"]
+    text = f"best epoch {summary['epoch']} by {summary['metric']} {number(summary['value'])}"
+    reported = {s: f for s, f in summary["splits"].items() if s != on}
+    if reported:
+        text += "; there " + ", ".join(f"{s}_acc {number(f['acc_at_selected_epoch'])}" for s, f in reported.items())
+        text += "; best epoch of each split itself (what papers report, optimistic): " + ", ".join(
+            f"{s}_acc {number(f['acc_at_best_epoch'])} at epoch {f['best_epoch']}" for s, f in reported.items()
+        )
+    if on == "eval":
+        text += (
+            " (chosen on the eval split itself, as published FER results are: optimistic; --val_split F "
+            "chooses on held-out training images instead)"
+        )
+    return text
+
+
+def update_selection(output_dir: str, splits, summary: dict) -> None:
+    """Put ``summary`` into the metrics JSON of each split (written at the chosen epoch) (rank 0)."""
+    for split in splits:
+        path = metrics_path(output_dir, split)
+        if os.path.isfile(path):
+            with open(path) as handle:
+                metrics = json.load(handle)
+            metrics["selection"] = summary
+            write_json(path, metrics)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -258,13 +343,12 @@ class Trainer:
     schedule (``--lr_schedule``) and the AMP settings follow ``args``. ``objective`` is the stage's loss
     (``objective(model, batch) -> (loss, parts, outputs)``, ``objective.predict(model, batch)``);
     ``meta`` holds the plain-typed metadata every checkpoint carries (classes, input size, mean, std,
-    model kind, hashes ...). ``select_metric`` chooses the best epoch; ``on_epoch_end(history, best)``
-    writes stage-specific records on rank 0.
+    model kind, hashes ...). ``select_metric`` chooses the best epoch (default ``val_acc`` when there is a
+    validation split, else ``eval_acc``); ``on_epoch_end(history, best)`` writes stage-specific records on
+    rank 0.
     """
 
-    def __init__(
-        self, args, model: nn.Module, objective, meta: dict, select_metric: str = "eval_acc", on_epoch_end=None
-    ):
+    def __init__(self, args, model: nn.Module, objective, meta: dict, select_metric=None, on_epoch_end=None):
         self.args = args
         self.device = args.device_obj
         model = model.to(self.device)
@@ -295,6 +379,7 @@ class Trainer:
             self.scaler,
             self.amp_dtype,
             self.args.channels_last,
+            getattr(self.args, "print_freq", 0),
         )
 
     def evaluate(self, loader, classes: list) -> dict:
@@ -338,20 +423,24 @@ class Trainer:
 
     # ---------------------------------------------------------------- the epoch loop
     def fit(self, train_loader, train_sampler, eval_loaders: dict, classes: list, epochs: int):
-        """Train ``epochs`` epochs, evaluating every loader in ``eval_loaders`` ({"eval": ..., "test": ...}).
+        """Train ``epochs`` epochs, evaluating every loader in ``eval_loaders`` ({"val", "eval", "test"}: loaders).
 
-        ``eval`` selects the best epoch (``select_metric``); ``test`` is reported only. A run continues
-        from ``args.resume`` (settled once by :func:`utils.cli.prepare_resume`; '' for a fresh start).
-        Returns (best, history).
+        ``val`` (else ``eval``) selects the best epoch (``select_metric``); the other splits are reported at
+        that epoch and, labelled, at their own best epoch (:func:`selection_summary`: log columns, the
+        ``selection`` of every metrics JSON, the closing line). A run continues from ``args.resume``
+        (settled once by :func:`utils.cli.prepare_resume`; '' for a fresh start). Returns (best, history).
         """
         args = self.args
         output_dir = args.output_dir
+        select = self.select_metric or ("val_acc" if "val" in eval_loaders else "eval_acc")
+        started = time.perf_counter()
         start_epoch, best, history = 0, None, []
         if args.resume:
             checkpoint = load_checkpoint(args.resume)
             check_meta(checkpoint, self.meta, args.resume)
             start_epoch, best, history = self.restore(checkpoint)
             print(f"resumed from {args.resume} at epoch {start_epoch}")
+        claim_output_dir(args)
         logger = RunLogger(output_dir, args.log_dir, start_epoch, history)
         last_path = os.path.join(output_dir, "checkpoint-last.pth")
         best_path = os.path.join(output_dir, "checkpoint-best.pth")
@@ -368,11 +457,14 @@ class Trainer:
                     results[split] = self.evaluate(loader, classes)
                     record.update(scalars(split, results[split]))
                 record["epoch_time"] = time.perf_counter() - start
-                value = record.get(self.select_metric)
+                value = record.get(select)
                 is_best = best is None or (value is not None and value > best["value"])
                 if is_best:
-                    best = {"epoch": epoch, "value": value, "metric": self.select_metric}
-                record["best_" + self.select_metric] = best["value"]
+                    best = {"epoch": epoch, "value": value, "metric": select}
+                record["best_" + select] = best["value"]
+                record["selected_epoch"] = best["epoch"]
+                summary = selection_summary(history + [record], best, eval_loaders)
+                record.update(selection_columns(summary))
                 history.append(record)
                 rng = du.all_gather_objects(rng_state())
                 if du.is_main_process():
@@ -382,6 +474,7 @@ class Trainer:
                         save_checkpoint(best_path, {k: state[k] for k in ("model", "epoch", "best", "args", "meta")})
                         for split, result in results.items():
                             write_eval_report(output_dir, split, result, classes, {"epoch": epoch})
+                    update_selection(output_dir, eval_loaders, summary)
                 logger.log(record)
                 if self.on_epoch_end is not None and du.is_main_process():
                     self.on_epoch_end(history, best)
@@ -389,8 +482,11 @@ class Trainer:
         finally:
             logger.close()
         if best is not None:
+            summary = selection_summary(history, best, eval_loaders)
             print(
-                f"best {self.select_metric} {best['value']:.4f} at epoch {best['epoch']}; checkpoints in {output_dir}"
+                f"summary: {len(history)} epochs ({time.perf_counter() - started:.0f} s in this run); "
+                f"{selection_line(summary)}; checkpoints in {output_dir}",
+                flush=True,
             )
         return best, history
 
@@ -399,6 +495,7 @@ class Trainer:
         checkpoint = load_checkpoint(path)
         check_meta(checkpoint, self.meta, path)
         self.model.load_state_dict(checkpoint["model"])
+        claim_output_dir(self.args)
         out = {}
         for split, loader in eval_loaders.items():
             result = self.evaluate(loader, classes)
@@ -412,6 +509,13 @@ class Trainer:
                 {"checkpoint": os.path.abspath(path), "epoch": checkpoint.get("epoch")},
             )
         return out
+
+
+def claim_output_dir(args) -> None:
+    """Hold ``args.output_dir`` for this run (:func:`utils.files.hold_folder`; rank 0, once per run, released
+    when the process ends, also by a kill): call before the first file is written there."""
+    if du.is_main_process() and getattr(args, "output_lock", None) is None:
+        args.output_lock = hold_folder(args.output_dir)
 
 
 def plain_args(args) -> dict:

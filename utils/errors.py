@@ -30,7 +30,8 @@ def user_message(exc):
 
 
 def run_main(main):
-    """Decorate an entry point so a UserError becomes ``error: <sentence>`` and exit code 2."""
+    """Decorate an entry point so a UserError becomes ``error: <sentence>`` and exit code 2; the output
+    folder it held is released when it returns."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -39,5 +40,9 @@ def run_main(main):
         except UserError as exc:
             print(f"error: {user_message(exc)}", file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
+        finally:
+            from utils.files import release_folders  # utils.files imports this module
+
+            release_folders()  # the output folder the run held (the process may go on: tests, notebooks)
 
     return wrapper

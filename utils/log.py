@@ -14,7 +14,9 @@ import json
 import math
 import os
 import sys
+import time
 
+import torch
 from tqdm import tqdm
 
 from utils import distributed as du
@@ -29,6 +31,48 @@ def show_progress():
 
 def progress(iterable, desc, total=None):
     return tqdm(iterable, desc=desc, total=total, disable=not show_progress(), leave=False, dynamic_ncols=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class StepLines:
+    """Progress for logs (nohup, SLURM): when stdout is not a terminal, one plain line every ``every``
+    iterations on rank 0 (0: none); a terminal gets the tqdm bar of :func:`progress` instead::
+
+        epoch 3 step 50/196 | loss 1.2345 | focal 0.8120 | lr 1.00e-04 | 412.3 img/s | eta 0:00:35 | max mem 3.21 GiB
+
+    Per step, :meth:`count` the images of this process; when :meth:`due`, :meth:`show` the named values
+    (so nothing is synchronised with the device between lines). Images/s counts every process's images
+    (same per-process batch), the ETA is for the rest of the loop, the memory is the peak allocated on a
+    CUDA device.
+    """
+
+    def __init__(self, desc: str, total: int, every: int, device=None, world_size: int = 1):
+        self.desc, self.total, self.every = desc, total, every
+        self.device, self.world_size = device, world_size
+        self.enabled = every > 0 and du.is_main_process() and not sys.stdout.isatty()
+        self.images = 0
+        self.start = time.perf_counter()
+
+    def count(self, images: int) -> None:
+        self.images += images
+
+    def due(self, step: int) -> bool:
+        """Whether step ``step`` (0-based) prints a line."""
+        return self.enabled and (step + 1) % self.every == 0
+
+    def show(self, step: int, values: dict) -> None:
+        elapsed = time.perf_counter() - self.start
+        parts = [f"{self.desc} step {step + 1}/{self.total}"]
+        parts += [f"{k} {v:.2e}" if k == "lr" else f"{k} {_format(v)}" for k, v in values.items()]
+        parts.append(f"{self.images * self.world_size / max(elapsed, 1e-9):.1f} img/s")
+        parts.append(f"eta {_duration(elapsed / (step + 1) * max(self.total - step - 1, 0))}")
+        if self.device is not None and self.device.type == "cuda":
+            parts.append(f"max mem {torch.cuda.max_memory_allocated(self.device) / 2**30:.2f} GiB")
+        print(" | ".join(parts), flush=True)
 
 
 def _format(value):
@@ -140,6 +184,12 @@ class RunLogger:
             self.writer.close()
 
 
+SELECTED_BY = {
+    "val_acc": "best accuracy on the validation split",
+    "eval_acc": "best PublicTest accuracy, the eval split",
+}
+
+
 def write_vad_records(output_dir: str, history: list, best: dict) -> None:
     """The multi-task records, rewritten atomically after every epoch from the run's history:
     AccProcess_classify.csv (train / public / private accuracy), AccProcess_regress{V,A,D}.csv (MSE and
@@ -166,7 +216,7 @@ def write_vad_records(output_dir: str, history: list, best: dict) -> None:
         write_csv(os.path.join(output_dir, f"AccProcess_regress{letter}.csv"), table)
     chosen = next(r for r in history if r["epoch"] == best["epoch"])
     lines = [
-        f"chosen epoch: {best['epoch']} (best PublicTest accuracy, the eval split)",
+        f"chosen epoch: {best['epoch']} ({SELECTED_BY.get(best['metric'], 'best ' + best['metric'])})",
         f"category accuracy: train {chosen.get('train_acc', float('nan')):.2f} | public "
         f"{chosen.get('eval_acc', float('nan')):.2f} | private {chosen.get('test_acc', float('nan')):.2f}",
     ]
