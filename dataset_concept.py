@@ -23,7 +23,7 @@ import os
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
@@ -83,7 +83,7 @@ class FaceDataset(Dataset):
         return os.path.join(self.root, self.relpath(index))
 
     def _load(self, index):
-        return Image.open(os.path.join(self.root, self.samples[index][0]))
+        return ImageOps.exif_transpose(Image.open(os.path.join(self.root, self.samples[index][0])))  # upright
 
     def load_image(self, index: int) -> Image.Image:
         """The PIL RGB image of sample ``index``; an unreadable file is a UserError naming it."""
