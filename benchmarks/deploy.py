@@ -57,6 +57,7 @@ def get_args_parser():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per runtime at batch 1 (batch 32: / 3)")
     parser.add_argument("--frames", type=int, default=150, help="frames of the benchmark video")
+    parser.add_argument("--reuse_export", action="store_true", help="keep OUT_DIR's exported models if there")
     return parser
 
 
@@ -173,8 +174,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     onnx_path = os.path.join(args.out_dir, "model.onnx")
     int8_path = os.path.join(args.out_dir, "model.int8.onnx")
-    script("tools/export.py", ["--checkpoint", args.checkpoint, "--out", onnx_path, "--int8", "static", "--calib",
-                               args.calib, "--calib_count", args.calib_count], args.threads)  # fmt: skip
+    if not (args.reuse_export and os.path.isfile(onnx_path) and os.path.isfile(int8_path)):
+        script("tools/export.py", ["--checkpoint", args.checkpoint, "--out", onnx_path, "--int8", "static", "--calib",
+                                   args.calib, "--calib_count", args.calib_count], args.threads)  # fmt: skip
     model, meta = load_percept(args.checkpoint, "cpu")
     runners = {
         "eager": TorchRunner(model, "cpu"),
@@ -203,7 +205,7 @@ def main(argv=None):
     video = os.path.join(args.out_dir, "one_face.avi")
     one_face_video(video, args.frames)
     result["video"] = {
-        name: video_fps(args, path, os.path.join(args.out_dir, f"video_{name}"))
+        name: video_fps(args, path, video, os.path.join(args.out_dir, f"video_{name}"))
         for name, path in (("eager", args.checkpoint), ("ort_fp32", onnx_path))
     }
     lat1, acc = result["latency_ms_batch1"]["wall"], result["test_acc_pct"]

@@ -10,6 +10,7 @@ import os
 
 import cv2
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 import torch
@@ -170,6 +171,11 @@ def test_corrupt_video_absent_camera_missing_or_bad_model(checkpoint, tmp_path, 
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(os.urandom(2000))
     assert_user_error(predict(capfd, "--model", junk, bad), "not a readable ONNX model")
+    foreign = tmp_path / "foreign.onnx"  # a valid ONNX model that tools/export.py did not write
+    value = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", value[:1], value[1:])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(foreign))
+    assert_user_error(predict(capfd, "--model", foreign, bad), "carries no CRPN metadata")
     assert not (tmp_path / "a.csv").exists() and not (tmp_path / "predictions.csv").exists()
 
 
@@ -202,7 +208,8 @@ def test_onnx_export_matches_the_checkpoint(checkpoint, faces, tmp_path, capfd):
     tables = {}
     for name, model_path in (("pth", checkpoint), ("onnx", onnx_path), ("int8", int8)):
         csv = tmp_path / f"{name}.csv"
-        proc = predict(capfd, "--model", model_path, "--faces", "none", faces / "test" / "happy", "--output", csv)
+        vis = ["--save_vis", tmp_path / "vis"] if name == "pth" else []  # whole-picture drawing, VAD bars included
+        proc = predict(capfd, "--model", model_path, "--faces", "none", faces / "test" / "happy", "--output", csv, *vis)
         assert proc.returncode == 0, proc.stderr
         tables[name] = pd.read_csv(csv)
     probs = [f"prob_{c}" for c in CLASSES_7]
@@ -210,3 +217,4 @@ def test_onnx_export_matches_the_checkpoint(checkpoint, faces, tmp_path, capfd):
     assert (tables["onnx"].pred == tables["pth"].pred).all()
     assert np.abs(tables["onnx"][probs].to_numpy() - tables["pth"][probs].to_numpy()).max() <= 1e-4
     assert np.allclose(tables["int8"][probs].sum(1), 1, atol=1e-4) and len(tables["int8"]) == len(tables["pth"])
+    assert len(list((tmp_path / "vis").glob("*.png"))) == len(tables["pth"])
