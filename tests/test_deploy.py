@@ -174,7 +174,8 @@ def test_corrupt_video_absent_camera_missing_or_bad_model(checkpoint, tmp_path, 
     foreign = tmp_path / "foreign.onnx"  # a valid ONNX model that tools/export.py did not write
     value = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in ("x", "y")]
     graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", value[:1], value[1:])
-    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(foreign))
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(proto, str(foreign))
     assert_user_error(predict(capfd, "--model", foreign, bad), "carries no CRPN metadata")
     assert not (tmp_path / "a.csv").exists() and not (tmp_path / "predictions.csv").exists()
 
