@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
@@ -96,7 +96,7 @@ class FaceDataset(Dataset):
         path = os.path.join(self.root, self.samples[index][0])
         if os.path.getsize(path) == 0:
             raise ValueError("the file is empty, 0 bytes")
-        return Image.open(path)
+        return ImageOps.exif_transpose(Image.open(path))  # upright, as the camera's orientation tag says
 
     def load_image(self, index: int) -> Image.Image:
         """The PIL RGB image of sample ``index``; an unreadable file is a UserError naming it.

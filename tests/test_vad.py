@@ -164,6 +164,8 @@ def test_predict_reports_vad(usage_run, faces, tmp_path):
             "--checkpoint",
             out / "checkpoint-best.pth",
             images,
+            "--faces",
+            "none",
             "--output",
             csv,
             "--save_vis",

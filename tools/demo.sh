@@ -29,6 +29,6 @@ start=$(date +%s)
 "$PY" main_percept.py --epochs "$EPOCHS3" --concept_target none --output_dir "$OUT/baseline" \
     --pretrained "$PRE/synthetic-identity_resnet18_msceleb.pth" "${COMMON[@]}"
 # 4. prediction with the deployed network, and the table
-"$PY" predict.py --checkpoint "$OUT/percept/checkpoint-best.pth" "$FACES/test/happy" --output "$OUT/predictions.csv" \
+"$PY" predict.py --checkpoint "$OUT/percept/checkpoint-best.pth" "$FACES/test/happy" --faces none --output "$OUT/predictions.csv" \
     --save_vis "$OUT/vis" --num_workers 0 | tail -n 3
 "$PY" tools/demo_summary.py --output "$OUT" --input_size "$SIZE" --seconds $(( $(date +%s) - start ))
