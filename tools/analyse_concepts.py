@@ -352,7 +352,7 @@ def pools_figure(dataset, conf, labels, in_pool, classes, k):
             for spine in ax.spines.values():
                 spine.set_color(colour)
                 spine.set_linewidth(2)
-            ax.set_title(f"{conf[i]:.2f}", fontsize=7, color=colour)
+            ax.set_title(f"{conf[i]:.3f}", fontsize=7, color=colour)
             if j == 0:
                 ax.set_ylabel(name, fontsize=8)
     fig.suptitle(f"{k} lowest | {k} highest confidence per class (green: in the pool, red: dropped)", fontsize=9)
