@@ -479,6 +479,7 @@ class Trainer:
                 if self.on_epoch_end is not None and du.is_main_process():
                     self.on_epoch_end(history, best)
                 du.barrier()
+            logger.summarise(plain_args(args), best, history, output_dir)  # TensorBoard: confusion, hparams
         finally:
             logger.close()
         if best is not None:

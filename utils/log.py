@@ -179,6 +179,30 @@ class RunLogger:
         if echo:
             print(format_line(record), flush=True)
 
+    def summarise(self, flags: dict, best: dict, history: list, output_dir: str) -> None:
+        """End of a run, in TensorBoard: the confusion matrices the run wrote for its best epoch
+        (metrics.json, metrics_test.json) as figures, and the run's flags with its final metrics
+        (``add_hparams``: the best selection metric and the last epoch's numbers)."""
+        if not self.enabled or best is None or not history:
+            return
+        from utils.metrics import confusion_figure
+
+        for split, name in (("eval", "metrics.json"), ("test", "metrics_test.json")):
+            path = os.path.join(output_dir, name)
+            if os.path.isfile(path):
+                with open(path) as handle:
+                    report = json.load(handle)
+                figure = confusion_figure(report["confusion"], report["classes"])
+                self.writer.add_figure(f"{split}/confusion_matrix", figure, best["epoch"], close=False)
+        hparams = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flags.items() if v is not None
+        }
+        final = {f"final/best_{best['metric']}": best["value"]}
+        final.update({f"final/last_{k}": v for k, v in history[-1].items() if k != "epoch"})
+        final = {k: v for k, v in final.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        self.writer.add_hparams(hparams, final, run_name=".", global_step=history[-1]["epoch"])
+        self.writer.flush()
+
     def close(self):
         if self.writer is not None:
             self.writer.close()

@@ -201,9 +201,8 @@ class RegressionStats:
 def save_confusion_matrix(confusion, classes, csv_path, png_path):
     """Save a C×C confusion matrix of counts as CSV (class names as header and index) and as PNG.
 
-    The picture shows the counts in each cell, coloured by the row-normalised fraction (recall of each
-    true class). Both files are written atomically (temporary file in the same folder + os.replace);
-    either path may be None to skip that file.
+    The picture is :func:`confusion_figure`. Both files are written atomically (temporary file in the same
+    folder + os.replace); either path may be None to skip that file.
     """
     import pandas as pd
 
@@ -218,26 +217,33 @@ def save_confusion_matrix(confusion, classes, csv_path, png_path):
         with atomic_path(csv_path) as tmp:
             frame.to_csv(tmp)
     if png_path is not None:
-        counts = cm.astype(np.float64)
-        rows = counts.sum(axis=1, keepdims=True)
-        frac = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-        size = max(4.0, 0.8 * len(classes) + 2.0)
-        fig, axes = new_figure(1, 1, figsize=(size + 1.0, size))
-        ax = axes[0, 0]
-        image = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-        ax.set_xticks(range(len(classes)))
-        ax.set_xticklabels(classes, rotation=45, ha="right")
-        ax.set_yticks(range(len(classes)))
-        ax.set_yticklabels(classes)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        for i in range(len(classes)):
-            for j in range(len(classes)):
-                value = cm[i, j]
-                text = f"{value:d}" if np.issubdtype(cm.dtype, np.integer) else f"{value:g}"
-                ax.text(
-                    j, i, text, ha="center", va="center", fontsize=8, color="white" if frac[i, j] > 0.5 else "black"
-                )
-        fig.tight_layout()
-        save_figure(fig, png_path, dpi=120)
+        save_figure(confusion_figure(cm, classes), png_path, dpi=120)
+
+
+def confusion_figure(cm, classes):
+    """The confusion matrix of counts as a figure: counts in each cell, coloured by the row-normalised fraction
+    (recall of each true class)."""
+    cm, classes = _as_numpy(cm), list(classes)
+    if np.all(np.equal(np.mod(cm, 1), 0)):
+        cm = cm.astype(np.int64)
+    counts = cm.astype(np.float64)
+    rows = counts.sum(axis=1, keepdims=True)
+    frac = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    size = max(4.0, 0.8 * len(classes) + 2.0)
+    fig, axes = new_figure(1, 1, figsize=(size + 1.0, size))
+    ax = axes[0, 0]
+    image = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    ax.set_xticks(range(len(classes)))
+    ax.set_xticklabels(classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)))
+    ax.set_yticklabels(classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            value = cm[i, j]
+            text = f"{value:d}" if np.issubdtype(cm.dtype, np.integer) else f"{value:g}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if frac[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    return fig
