@@ -31,7 +31,7 @@ start=$(date +%s)
 # 4. prediction with the deployed network, and the table
 "$PY" predict.py --checkpoint "$OUT/percept/checkpoint-best.pth" "$FACES/test/happy" --faces none --output "$OUT/predictions.csv" \
     --save_vis "$OUT/vis" --num_workers 0 | tail -n 3
-"$PY" tools/demo_summary.py --output "$OUT" --input_size "$SIZE" --seconds $(( $(date +%s) - start ))
 # 5. what the concepts are: probes, confidence validity, embeddings, pools, saliency (README, "What the concepts are")
 "$PY" tools/analyse_concepts.py --concept_ckpt "$OUT/concept/checkpoint-best.pth" --data_path "$FACES/train" \
     --eval_data_path "$VAL/test" --confidence_dir "$OUT/confidence" --output_dir "$OUT/analysis" --num_workers 2
+"$PY" tools/demo_summary.py --output "$OUT" --input_size "$SIZE" --seconds $(( $(date +%s) - start ))
