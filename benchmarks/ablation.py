@@ -230,8 +230,6 @@ def main(argv=None):
                 confidence,
                 "--num_workers",
                 bench.num_workers,
-                "--norm_cache",
-                os.path.join(work, "cache"),
             ],
             confidence + ".log",
         )

@@ -22,7 +22,7 @@ start=$(date +%s)
 "$PY" main_concept.py --epochs "$EPOCHS1" --focal_alpha auto --output_dir "$OUT/concept" \
     --pretrained "$PRE/synthetic-identity_resnet50_ft_weight.pkl" "${COMMON[@]}"
 "$PY" high_confidence.py --concept_ckpt "$OUT/concept/checkpoint-best.pth" --data_path "$FACES/train" \
-    --output_dir "$OUT/confidence" --num_workers 2 --norm_cache "$OUT/cache"
+    --output_dir "$OUT/confidence" --num_workers 2
 "$PY" main_percept.py --epochs "$EPOCHS3" --concept_ckpt "$OUT/concept/checkpoint-best.pth" \
     --confidence_dir "$OUT/confidence" --output_dir "$OUT/percept" \
     --pretrained "$PRE/synthetic-identity_resnet18_msceleb.pth" "${COMMON[@]}"
