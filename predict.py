@@ -298,7 +298,7 @@ def faces_in_video(args, classify, source):
 
 @run_main
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    args = get_args_parser().parse_intermixed_args(argv)  # flags may stand between the inputs
     check_args(args)
     device = resolve_device(args.device)
     runner, meta = load_runner(args.model, device, args.threads)

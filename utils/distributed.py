@@ -143,6 +143,19 @@ def all_reduce_sum(tensor):
     return tensor
 
 
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics), in place; a no-op on one process.
+
+    DDP syncs buffers only at the start of a training forward, after which each rank updates its own with its
+    local batch; evaluated as they are, the ranks' shards would be scored by slightly different networks,
+    none of them the one rank 0 saves. Called before every evaluation, so the logged figures are the saved
+    checkpoint's.
+    """
+    if is_dist():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def all_gather_objects(obj):
     """A list with every rank's ``obj`` in rank order (``[obj]`` on one process)."""
     if not is_dist():

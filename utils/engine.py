@@ -383,6 +383,7 @@ class Trainer:
         )
 
     def evaluate(self, loader, classes: list) -> dict:
+        du.broadcast_buffers(self.model)  # every rank scores its shard with the network rank 0 saves
         return evaluate(
             self.model, self.objective.predict, loader, self.device, classes, self.amp_dtype, self.args.channels_last
         )
