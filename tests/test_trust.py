@@ -81,6 +81,10 @@ def test_selection_summary_hand_computed():
     assert "eval_acc 70.00 at epoch 2" in line and "what papers report" in line
     eval_chosen = selection_summary(history, {"epoch": 2, "value": 70.0, "metric": "eval_acc"}, ["eval"])
     assert "chosen on the eval split itself" in selection_line(eval_chosen)
+    # with a test split beside it, the eval split is a validation split: the test figure at its epoch is honest
+    eval_and_test = selection_summary(history, {"epoch": 2, "value": 70.0, "metric": "eval_acc"}, ["eval", "test"])
+    assert "chosen on the eval split itself" not in selection_line(eval_and_test)
+    assert "there test_acc 35.00" in selection_line(eval_and_test)
 
 
 @pytest.fixture(scope="module")

@@ -315,7 +315,7 @@ def selection_line(summary: dict) -> str:
         text += "; best epoch of each split itself (what papers report, optimistic): " + ", ".join(
             f"{s}_acc {number(f['acc_at_best_epoch'])} at epoch {f['best_epoch']}" for s, f in reported.items()
         )
-    if on == "eval":
+    if on == "eval" and not reported:  # with a --test_data_path the eval split is the validation split
         text += (
             " (chosen on the eval split itself, as published FER results are: optimistic; --val_split F "
             "chooses on held-out training images instead)"
