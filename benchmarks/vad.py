@@ -1,7 +1,7 @@
 """The multi-task category + Valence/Arousal/Dominance model from the identity-pretrained ResNet-18 against the
 same run from random weights, on the synthetic FER2013-VAD CSV.
 
-    python benchmarks/vad.py                  # seeds 0,1, 20 epochs: about 45 CPU-minutes (20-25 min on 2 cores)
+    python benchmarks/vad.py                  # seeds 0,1, 20 epochs: about 10 minutes on 2 idle CPU cores
     python benchmarks/vad.py --seeds 0 --epochs 8
 
 Each run is ``main_percept.py --vad --concept_target none --dataset fer2013`` as a user runs it: PublicTest
