@@ -32,19 +32,13 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 
 from utils import distributed as du
 from utils.cli import DEFAULT_EVAL_PATH
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 from utils.labels import CLASSES_7, CLASSES_8, DATASETS, FER2013_CODES, RAFDB_CODES, VAD_COLUMNS, code_to_label
 
 RAFDB_LIST = os.path.join("EmoLabel", "list_patition_label.txt")
 RAFDB_IMAGES = os.path.join("Image", "aligned")
 FER2013_USAGE = {"train": "Training", "val": "PublicTest", "eval": "PublicTest", "test": "PrivateTest"}
 SPLIT_FLAGS = {"train": "--data_path", "val": "--val_data_path", "eval": "--eval_data_path", "test": "--test_data_path"}
-
-
-def _first_line(exc) -> str:
-    """The first line of an exception's message (some carry tracebacks or advice below it)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- transforms
@@ -114,12 +108,12 @@ class FaceDataset(Dataset):
                 return image.convert("RGB")
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise UserError(
-                f"image {self.describe(index)} is refused as a decompression bomb ({_first_line(exc)}); "
+                f"image {self.describe(index)} is refused as a decompression bomb ({first_line(exc)}); "
                 f"a face image needs far fewer pixels: remove the file or pass --skip_bad_images."
             ) from None
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as exc:
             raise UserError(
-                f"cannot read image {self.describe(index)} ({_first_line(exc)}); fix or remove it, or pass "
+                f"cannot read image {self.describe(index)} ({first_line(exc)}); fix or remove it, or pass "
                 f"--skip_bad_images to skip unreadable images."
             ) from None
 

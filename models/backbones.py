@@ -37,7 +37,7 @@ from torchvision import models as tv
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from utils.checkpoint import damage, unpickler_reason
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 from utils.files import sha256_file
 
 try:  # numpy >= 2 keeps the implementation in numpy._core; numpy.core is a deprecated alias
@@ -282,7 +282,7 @@ def load_torchvision_weights(model: nn.Module, path: str, what: str = "backbone 
             f"use the genuine file described in {README_HINT}."
         ) from None
     except Exception as exc:  # noqa: BLE001 -- truncated zip, wrong format, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first_line(exc, default="")
         raise UserError(
             f"{what} {path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {first}); "
             f"download it again as described in {README_HINT}."

@@ -15,7 +15,7 @@ import torch
 
 from models.percept import PerceptNet
 from utils.checkpoint import load_checkpoint
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 
 METADATA_KEY = "crpn"  # the ONNX metadata_props entry holding DEPLOY_KEYS as JSON
 DEPLOY_KEYS = ("model", "backbone", "classifier_input", "vad", "classes", "input_size", "mean", "std")
@@ -81,7 +81,7 @@ class OnnxRunner:
         try:
             self.session = ort.InferenceSession(path, options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own (Fail, InvalidProtobuf, ...) for unreadable models
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise UserError(
                 f"{path} is not a readable ONNX model ({first[:160]}); export one with tools/export.py."
             ) from None

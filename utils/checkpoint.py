@@ -21,7 +21,7 @@ import zipfile
 import numpy as np
 import torch
 
-from utils.errors import UserError
+from utils.errors import UserError, first_line
 
 
 def _umask():
@@ -144,7 +144,7 @@ def damage(path) -> str | None:
             for _ in pickletools.genops(handle):
                 pass
     except Exception as exc:  # noqa: BLE001 -- any failure to parse is damage
-        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return first_line(exc)
     return None
 
 
@@ -185,8 +185,7 @@ def load_checkpoint(path, what="checkpoint", mmap=False):
             f"files that load with weights_only=True are accepted."
         ) from None
     except Exception as exc:  # noqa: BLE001 -- torch.load fails on a damaged file in many ways (struct, zip, EOF ...)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(corrupt.format(reason)) from None
+        raise UserError(corrupt.format(first_line(exc))) from None
 
 
 # --------------------------------------------------------------------------- RNG state

@@ -16,6 +16,15 @@ class UserError(Exception):
     """A mistake the user can fix; its message is one sentence naming the thing and the fix."""
 
 
+def first_line(exc, default=None) -> str:
+    """The first line of an exception's message (some carry tracebacks or advice below it); ``default``
+    (the exception's type name when None) for an empty message."""
+    text = str(exc).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(exc).__name__ if default is None else default
+
+
 def user_message(exc):
     """The clean message of a UserError, also when DataLoader re-raised it from a worker process.
 
