@@ -1,6 +1,6 @@
 """CRPN's gain, measured: the stages run as a user runs them, over seeds, on the identity-pretrained demo setting.
 
-    python benchmarks/ablation.py                                  # 3 seeds, every variant (about 30 min on 2 cores)
+    python benchmarks/ablation.py                                  # 3 seeds, every variant (about 19 min on 2 cores)
     python benchmarks/ablation.py --seeds 0 --variants baseline,pool_bank
 
 Per seed s: stage 1 (``main_concept.py``, seed s) from the identity stand-ins of ``tools/pretrain_identity.py``,
@@ -60,7 +60,9 @@ def parse_args(argv=None):
         help="identity: stage 1 from the identity stand-ins; weak: a few epochs from random weights",
     )
     parser.add_argument("--weak_epochs", type=int, default=1, help="stage-1 epochs of the weak teacher")
-    parser.add_argument("--epochs_concept", type=int, default=6)
+    parser.add_argument(
+        "--epochs_concept", type=int, default=15, help="the paper trains stage 1 2.5x as long as stage 3"
+    )
     parser.add_argument("--epochs_percept", type=int, default=6)
     parser.add_argument("--lr", type=float, default=1e-3, help="both stages (per-epoch cosine)")
     parser.add_argument("--batch_size", type=int, default=32)
@@ -68,7 +70,7 @@ def parse_args(argv=None):
     parser.add_argument("--train_per_class", type=int, default=80)
     parser.add_argument("--test_per_class", type=int, default=30, help="test and validation faces per class")
     parser.add_argument("--data_seed", type=int, default=0)
-    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--num_workers", type=int, default=0, help="loader workers (0: fastest on 2 cores)")
     parser.add_argument("--out", default=os.path.join("output", "benchmarks", "ablation"))
     add_common_flags(parser)
     args = parser.parse_args(argv)
