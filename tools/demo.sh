@@ -10,9 +10,10 @@ SIZE=${DEMO_INPUT_SIZE:-40}
 EPOCHS1=${DEMO_EPOCHS_CONCEPT:-15}
 EPOCHS3=${DEMO_EPOCHS_PERCEPT:-6}
 # the demo's recipe (a short fine-tune on CPU): lr 1e-3 with a per-epoch cosine; the paper's is --lr 1e-4
-# --lr_schedule reference (see README, "Learning at the pace of a plain network"). No loader workers: on 2 cores
-# they take CPU from the training threads (an epoch is 15-20 % faster without them)
-COMMON=(--input_size "$SIZE" --batch_size 32 --lr 1e-3 --lr_schedule cosine --norm_cache "$OUT/cache" --num_workers 0
+# --lr_schedule reference (see README, "Learning at the pace of a plain network")
+# no loader workers in any step: on 2 cores they take CPU from the training threads (an epoch is 15-20 % faster)
+WORKERS=(--num_workers 0)
+COMMON=(--input_size "$SIZE" --batch_size 32 --lr 1e-3 --lr_schedule cosine --norm_cache "$OUT/cache" "${WORKERS[@]}"
         --data_path "$FACES/train" --eval_data_path "$VAL/test" --test_data_path "$FACES/test")
 start=$(date +%s)
 # 1. face-identity stand-ins for the VGGFace2 ResNet-50 and the MS-Celeb ResNet-18 (cached by their settings)
@@ -24,7 +25,7 @@ start=$(date +%s)
 "$PY" main_concept.py --epochs "$EPOCHS1" --focal_alpha auto --output_dir "$OUT/concept" \
     --pretrained "$PRE/synthetic-identity_resnet50_ft_weight.pkl" "${COMMON[@]}"
 "$PY" high_confidence.py --concept_ckpt "$OUT/concept/checkpoint-best.pth" --data_path "$FACES/train" \
-    --output_dir "$OUT/confidence" --num_workers 0
+    --output_dir "$OUT/confidence" "${WORKERS[@]}"
 "$PY" main_percept.py --epochs "$EPOCHS3" --concept_ckpt "$OUT/concept/checkpoint-best.pth" \
     --confidence_dir "$OUT/confidence" --output_dir "$OUT/percept" \
     --pretrained "$PRE/synthetic-identity_resnet18_msceleb.pth" "${COMMON[@]}"
@@ -32,8 +33,8 @@ start=$(date +%s)
     --pretrained "$PRE/synthetic-identity_resnet18_msceleb.pth" "${COMMON[@]}"
 # 4. prediction with the deployed network, and the table
 "$PY" predict.py --checkpoint "$OUT/percept/checkpoint-best.pth" "$FACES/test/happy" --faces none --output "$OUT/predictions.csv" \
-    --save_vis "$OUT/vis" --num_workers 0 | tail -n 3
+    --save_vis "$OUT/vis" "${WORKERS[@]}" | tail -n 3
 # 5. what the concepts are: probes, confidence validity, embeddings, pools, saliency (README, "What the concepts are")
 "$PY" tools/analyse_concepts.py --concept_ckpt "$OUT/concept/checkpoint-best.pth" --data_path "$FACES/train" \
-    --eval_data_path "$VAL/test" --confidence_dir "$OUT/confidence" --output_dir "$OUT/analysis" --num_workers 0
+    --eval_data_path "$VAL/test" --confidence_dir "$OUT/confidence" --output_dir "$OUT/analysis" "${WORKERS[@]}"
 "$PY" tools/demo_summary.py --output "$OUT" --input_size "$SIZE" --seconds $(( $(date +%s) - start ))

@@ -76,7 +76,7 @@ def main():
     print(
         "\n(test figures at the epoch the validation faces chose; CPU latency: batch 1, one thread, "
         f"{args.input_size} px; the concept figure runs only its emotion branch.)\n"
-        "(one training seed: on 560 training faces another seed moves each figure by several points; "
+        "(one training seed: on the demo's few training faces another seed moves each figure by several points; "
         "python benchmarks/ablation.py gives the mean and std over seeds, README 'Results'.)"
     )
     print(
