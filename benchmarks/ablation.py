@@ -22,7 +22,6 @@ baseline), and writes JSON, Markdown and a plot to ``--out``.
 """
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ from benchmarks.common import add_common_flags, identity_weights, mean_std, name
 from tools.make_synthetic_faces import make_dataset  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.figures import new_figure, save_figure  # noqa: E402
+from utils.log import chosen_record  # noqa: E402
 
 VARIANTS = {
     "baseline": ["--concept_target", "none"],
@@ -94,9 +94,7 @@ def run(script, argv, log):
 
 def selected(output_dir):
     """Validation-selected figures of a run: test accuracy and mean class accuracy at the best-validation epoch."""
-    with open(os.path.join(output_dir, "log.jsonl")) as handle:
-        log = [json.loads(line) for line in handle if line.strip()]
-    best = max(log, key=lambda r: r["eval_acc"])
+    best, log = chosen_record(os.path.join(output_dir, "log.jsonl"))
     return {
         "epoch": best["epoch"],
         "val_acc": best["eval_acc"],

@@ -10,7 +10,6 @@ chooses the epoch, PrivateTest is reported at that epoch. Prints category accura
 """
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -25,6 +24,7 @@ from benchmarks.common import add_common_flags, identity_weights, mean_std, seed
 from tools.make_synthetic_faces import make_dataset  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.labels import VAD_NAMES  # noqa: E402
+from utils.log import chosen_record  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -50,9 +50,7 @@ def parse_args(argv=None):
 
 def chosen(output_dir):
     """The PublicTest-selected epoch's figures (PrivateTest reported there)."""
-    with open(os.path.join(output_dir, "log.jsonl")) as handle:
-        log = [json.loads(line) for line in handle if line.strip()]
-    best = max(log, key=lambda r: r["eval_acc"])
+    best = chosen_record(os.path.join(output_dir, "log.jsonl"))[0]
     figures = {"epoch": best["epoch"], "public_acc": best["eval_acc"], "private_acc": best["test_acc"]}
     for name in VAD_NAMES:
         figures[f"public_{name}_ccc"] = best[f"eval_{name}_ccc"]

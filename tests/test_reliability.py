@@ -14,7 +14,8 @@ import torch
 from conftest import REPO, SIZE, assert_no_output, assert_user_error, read_log, run_inprocess, run_script, torchrun
 
 from utils.checkpoint import resolve_resume, save_checkpoint
-from utils.log import RunLogger
+from utils.errors import UserError
+from utils.log import RunLogger, chosen_record
 
 TIMING = ("epoch_time", "train_images_per_s")
 EPOCHS = 3
@@ -236,6 +237,25 @@ def test_log_matches_the_checkpoint_it_starts_from(tmp_path):
     assert (tmp_path / "log.jsonl").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
     RunLogger(str(tmp_path), start_epoch=0).close()
     assert not (tmp_path / "log.jsonl").exists() and not (tmp_path / "log.csv").exists()
+
+
+def test_chosen_record_is_the_first_best_epoch_of_the_log(tmp_path):
+    """What the benchmarks and the demo table report: the first epoch with the highest eval_acc (a line cut
+    short by a kill and lines without the metric ignored); no such epoch is one clear error."""
+    lines = [
+        {"epoch": 0, "eval_acc": 20.0},
+        {"epoch": 1, "eval_acc": 30.0},
+        {"epoch": 2},
+        {"epoch": 3, "eval_acc": 30.0},
+    ]
+    path = tmp_path / "log.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"epoch": 4, "ev')
+    best, records = chosen_record(str(path))
+    assert best == lines[1] and records == lines
+    assert chosen_record(str(path), "epoch")[0] == lines[3]
+    path.write_text(json.dumps({"epoch": 0}) + "\n")
+    with pytest.raises(UserError, match="holds no epoch with eval_acc"):
+        chosen_record(str(path))
 
 
 # --------------------------------------------------------------------------- files of another kind

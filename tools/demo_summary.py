@@ -1,7 +1,6 @@
 """The table `make demo` ends with: accuracies, parameters and CPU latency of each pathway."""
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -13,13 +12,7 @@ if __package__ in (None, ""):
 
 from models.concept import ConceptNet  # noqa: E402
 from models.percept import PerceptNet  # noqa: E402
-
-
-def best_of(run_dir):
-    """The record of the epoch the validation split chose (eval_acc); its test figures are reported."""
-    with open(os.path.join(run_dir, "log.jsonl")) as handle:
-        log = [json.loads(line) for line in handle if line.strip()]
-    return max(log, key=lambda r: r["eval_acc"])
+from utils.log import chosen_record  # noqa: E402
 
 
 @torch.no_grad()
@@ -47,19 +40,19 @@ def main():
     rows = [
         (
             "concept (stage 1, 2x ResNet-50)",
-            best_of(os.path.join(args.output, "concept")),
+            chosen_record(os.path.join(args.output, "concept", "log.jsonl"))[0],
             sum(p.numel() for p in concept.parameters()),
             latency_ms(concept.emotion_forward, args.input_size),
         ),
         (
             "percept CRPN (stage 3, ResNet-18)",
-            best_of(os.path.join(args.output, "percept")),
+            chosen_record(os.path.join(args.output, "percept", "log.jsonl"))[0],
             sum(p.numel() for p in percept.parameters()),
             latency_ms(percept, args.input_size),
         ),
         (
             "percept baseline (ResNet-18, CE only)",
-            best_of(os.path.join(args.output, "baseline")),
+            chosen_record(os.path.join(args.output, "baseline", "log.jsonl"))[0],
             sum(p.numel() for p in percept.parameters()),
             latency_ms(percept, args.input_size),
         ),

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from utils import distributed as du
 from utils.checkpoint import atomic_path, atomic_write_bytes, remove_stale_temporaries, write_csv
+from utils.errors import UserError
 from utils.labels import VAD_NAMES
 
 
@@ -106,6 +107,16 @@ def read_jsonl(path):
             if isinstance(record, dict):
                 records.append(record)
     return records
+
+
+def chosen_record(path, metric="eval_acc"):
+    """(the record of the epoch ``metric`` chose, the first best one; all records) of the log.jsonl at
+    ``path``: the other splits' figures are reported at the chosen epoch."""
+    records = read_jsonl(path)
+    scored = [r for r in records if metric in r]
+    if not scored:
+        raise UserError(f"{path} holds no epoch with {metric}; did the run finish an epoch?")
+    return max(scored, key=lambda r: r[metric]), records
 
 
 class RunLogger:
