@@ -258,6 +258,30 @@ def test_chosen_record_is_the_first_best_epoch_of_the_log(tmp_path):
         chosen_record(str(path))
 
 
+def test_more_data_teacher_trains_on_the_students_faces_and_other_peoples(tmp_path):
+    """benchmarks/ablation.py --teacher more_data: the teacher's folder holds every training face of the student
+    (the same bytes) and --teacher_per_class more per class from another generator seed, none overwritten."""
+    from argparse import Namespace
+    from pathlib import Path
+
+    from benchmarks.ablation import teacher_training_set
+    from tools.make_synthetic_faces import make_dataset
+
+    faces = tmp_path / "faces"
+    make_dataset(str(faces), seed=0, size=32, train_per_class=2, test_per_class=1)
+    union = Path(teacher_training_set(str(tmp_path), str(faces), 32, Namespace(data_seed=0, teacher_per_class=3)))
+    classes = sorted(os.listdir(faces / "train"))
+    assert sorted(os.listdir(union)) == classes
+    for name in classes:
+        own = sorted(os.listdir(faces / "train" / name))
+        extra = sorted(os.listdir(tmp_path / "faces_extra" / "train" / name))
+        assert len(own) == 2 and len(extra) == 3
+        assert sorted(os.listdir(union / name)) == sorted([f"extra_{f}" for f in extra] + [f"own_{f}" for f in own])
+        own_bytes = {(faces / "train" / name / f).read_bytes() for f in own}
+        assert {(union / name / f"own_{f}").read_bytes() for f in own} == own_bytes
+        assert not own_bytes & {(union / name / f"extra_{f}").read_bytes() for f in extra}
+
+
 # --------------------------------------------------------------------------- files of another kind
 def test_checkpoint_of_another_kind_is_refused_before_anything_is_written(runs, faces, tmp_path, capfd):
     concept, percept = runs("concept")[0], runs("percept")[0]
