@@ -37,6 +37,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from benchmarks.common import add_common_flags, identity_weights, mean_std, name_list, seed_list, write_report  # noqa: E402
+from tools.convert_common import place_file  # noqa: E402
 from tools.make_synthetic_faces import make_dataset  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.figures import new_figure, save_figure  # noqa: E402
@@ -182,7 +183,7 @@ def plot(rows, path):
 
 def teacher_training_set(work, faces, size, bench):
     """The more_data teacher's training folder: the student's training faces and ``--teacher_per_class`` more
-    per class from another generator seed (other people), hard-linked (copied where links fail) side by side."""
+    per class from another generator seed (other people), hard-linked (symlinked where links fail) side by side."""
     extra = os.path.join(work, "faces_extra")
     make_dataset(
         extra, seed=bench.data_seed + 2000, size=size, train_per_class=bench.teacher_per_class, test_per_class=1
@@ -193,11 +194,7 @@ def teacher_training_set(work, faces, size, bench):
         for name in sorted(os.listdir(os.path.join(root, "train"))):
             os.makedirs(os.path.join(union, name), exist_ok=True)
             for file in sorted(os.listdir(os.path.join(root, "train", name))):
-                source, target = os.path.join(root, "train", name, file), os.path.join(union, name, f"{prefix}_{file}")
-                try:
-                    os.link(source, target)
-                except OSError:
-                    shutil.copyfile(source, target)
+                place_file(os.path.join(root, "train", name, file), os.path.join(union, name, f"{prefix}_{file}"), True)
     return union
 
 
@@ -218,12 +215,9 @@ def main(argv=None):
         test_per_class=bench.test_per_class,
     )
     make_dataset(val, seed=bench.data_seed + 1000, size=size, train_per_class=1, test_per_class=bench.test_per_class)
-    teacher_train = os.path.join(faces, "train")
-    if bench.teacher == "more_data":
-        teacher_train = teacher_training_set(work, faces, size, bench)
+    student_train = os.path.join(faces, "train")
+    teacher_train = teacher_training_set(work, faces, size, bench) if bench.teacher == "more_data" else student_train
     data = [
-        "--data_path",
-        os.path.join(faces, "train"),
         "--eval_data_path",
         os.path.join(val, "test"),
         "--test_data_path",
@@ -250,10 +244,20 @@ def main(argv=None):
             if bench.teacher == "weak"
             else ["--pretrained", weights["resnet50"], "--epochs", bench.epochs_concept]
         )
-        teacher += ["--data_path", teacher_train]  # after *data: the last one counts
         run(
             "main_concept.py",
-            [*data, *teacher, "--seed", seed, "--focal_alpha", "auto", "--output_dir", concept],
+            [
+                *data,
+                *teacher,
+                "--data_path",
+                teacher_train,
+                "--seed",
+                seed,
+                "--focal_alpha",
+                "auto",
+                "--output_dir",
+                concept,
+            ],
             concept + ".log",
         )
         concept_rows.append(selected(concept))
@@ -264,7 +268,7 @@ def main(argv=None):
                 "--concept_ckpt",
                 os.path.join(concept, "checkpoint-best.pth"),
                 "--data_path",
-                os.path.join(faces, "train"),
+                student_train,
                 "--output_dir",
                 confidence,
                 "--num_workers",
@@ -278,6 +282,8 @@ def main(argv=None):
                 "main_percept.py",
                 [
                     *data,
+                    "--data_path",
+                    student_train,
                     "--pretrained",
                     weights["resnet18"],
                     "--epochs",
