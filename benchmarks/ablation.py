@@ -10,7 +10,9 @@ stage 2 (``high_confidence.py``), then stage 3 (``main_percept.py``, seed s) onc
 - ``self``: every sample regularised by its own concept (the published script);
 - ``pool_online``: the paper's method (own concept if high-confidence, else K pooled concepts, encoded online);
 - ``pool_bank``: the same targets from stage 2's feature bank;
-- ``pool_bank_correct``: ``pool_bank`` with ``--teacher_filter correct`` (distil only where the concept model is right).
+- ``pool_bank_correct``: ``pool_bank`` with ``--teacher_filter correct`` (distil only where the concept model is right);
+- ``pool_bank_mmd_only``, ``pool_bank_kl_only``: ``pool_bank`` with one regulariser switched off (``--gamma 0``,
+  ``--beta 0``), and ``pool_bank_kl4``: with the KL term weighted 4 instead of 1 (``--gamma 4``); not run by default.
 
 ``--teacher weak`` replaces stage 1 by a deliberately weak concept model (``--weak_epochs`` epochs from random
 weights), to measure what a weak teacher does and what the remedy recovers. ``--teacher more_data`` trains stage 1
@@ -25,6 +27,7 @@ baseline), and writes JSON, Markdown and a plot to ``--out``.
 """
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -39,8 +42,10 @@ if REPO not in sys.path:
 from benchmarks.common import add_common_flags, identity_weights, mean_std, name_list, seed_list, write_report  # noqa: E402
 from tools.convert_common import place_file  # noqa: E402
 from tools.make_synthetic_faces import make_dataset  # noqa: E402
+from utils.checkpoint import write_json  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 from utils.figures import new_figure, save_figure  # noqa: E402
+from utils.files import hold_folder  # noqa: E402
 from utils.log import chosen_record  # noqa: E402
 
 VARIANTS = {
@@ -49,14 +54,20 @@ VARIANTS = {
     "pool_online": ["--concept_target", "pool", "--pool_features", "online"],
     "pool_bank": ["--concept_target", "pool", "--pool_features", "bank"],
     "pool_bank_correct": ["--concept_target", "pool", "--pool_features", "bank", "--teacher_filter", "correct"],
+    "pool_bank_mmd_only": ["--concept_target", "pool", "--pool_features", "bank", "--gamma", "0"],
+    "pool_bank_kl_only": ["--concept_target", "pool", "--pool_features", "bank", "--beta", "0"],
+    "pool_bank_kl4": ["--concept_target", "pool", "--pool_features", "bank", "--gamma", "4"],
 }
+DEFAULT_VARIANTS = ["baseline", "self", "pool_online", "pool_bank", "pool_bank_correct"]
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
+    parser.add_argument(
+        "--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS)
+    )
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (stage 1 and stage 3)")
     parser.add_argument(
         "--teacher",
@@ -87,6 +98,16 @@ def parse_args(argv=None):
     parser.add_argument("--data_seed", type=int, default=0)
     parser.add_argument("--num_workers", type=int, default=0, help="loader workers (0: fastest on 2 cores)")
     parser.add_argument("--out", default=os.path.join("output", "benchmarks", "ablation"))
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="rerun every stage (by default a finished stage run with the same arguments is reused)",
+    )
+    parser.add_argument(
+        "--keep_checkpoints",
+        action="store_true",
+        help="keep every run's checkpoints (by default only each teacher's checkpoint-best.pth, for stages 2 and 3)",
+    )
     add_common_flags(parser)
     args = parser.parse_args(argv)
     args.variants = name_list(args.variants, VARIANTS, "--variants")
@@ -94,17 +115,40 @@ def parse_args(argv=None):
     return args
 
 
-def run(script, argv, log):
-    """Run a stage script as a user does; its output goes to ``log``; a failure stops the benchmark."""
+def run(script, argv, log, output_dir, done_file, force=False):
+    """Run a stage script as a user does; its output goes to ``log``; a failure stops the benchmark.
+
+    A stage whose ``output_dir`` already holds ``done_file`` from a run with the same arguments (recorded in
+    ``ablation_argv.json`` there) is not run again, unless ``force``: a second call with other ``--variants`` or
+    more ``--seeds`` reuses the teachers and runs it already has.
+    """
+    argv = [script, *map(str, argv)]
+    record = os.path.join(output_dir, "ablation_argv.json")
+    if not force and os.path.exists(os.path.join(output_dir, done_file)) and os.path.exists(record):
+        with open(record) as handle:
+            if json.load(handle) == argv:
+                return
+    if os.path.exists(record):
+        os.remove(record)
     with open(log, "w") as handle:
         proc = subprocess.run(
-            [sys.executable, os.path.join(REPO, script), *map(str, argv)],
+            [sys.executable, os.path.join(REPO, script), *argv[1:]],
             cwd=REPO,
             stdout=handle,
             stderr=subprocess.STDOUT,
         )
     if proc.returncode != 0:
         raise UserError(f"{script} failed (exit {proc.returncode}); see {log}.")
+    write_json(record, argv)
+
+
+def drop_checkpoints(output_dir, names):
+    """Delete a finished run's checkpoint files ``names`` (its logs and metrics stay): a 5-seed ablation would
+    otherwise keep about 7 GB of weights and optimiser states."""
+    for name in names:
+        path = os.path.join(output_dir, name)
+        if os.path.exists(path):
+            os.remove(path)
 
 
 def selected(output_dir):
@@ -203,7 +247,7 @@ def main(argv=None):
     bench = parse_args(argv)
     started = time.perf_counter()
     work = os.path.join(bench.out, "runs")
-    os.makedirs(work, exist_ok=True)
+    hold_folder(work, "--out")  # a second ablation in the same folder would rebuild the faces under this one
     weights = identity_weights(bench.pretrained_dir, os.path.join(work, "pretrain.log"))
     faces, val = os.path.join(work, "faces"), os.path.join(work, "faces_val")
     size = round(bench.input_size * 256 / 224) + 2
@@ -259,7 +303,12 @@ def main(argv=None):
                 concept,
             ],
             concept + ".log",
+            concept,
+            "checkpoint-best.pth",
+            bench.force,
         )
+        if not bench.keep_checkpoints:
+            drop_checkpoints(concept, ["checkpoint-last.pth"])
         concept_rows.append(selected(concept))
         confidence = os.path.join(work, f"confidence-{tag}")
         run(
@@ -275,6 +324,9 @@ def main(argv=None):
                 bench.num_workers,
             ],
             confidence + ".log",
+            confidence,
+            "bank.pt",
+            bench.force,
         )
         for name in bench.variants:
             out = os.path.join(work, f"percept-{name}-{tag}")
@@ -299,8 +351,13 @@ def main(argv=None):
                     *VARIANTS[name],
                 ],
                 out + ".log",
+                out,
+                "log.jsonl",
+                bench.force,
             )
             results.setdefault(name, {})[seed] = selected(out)
+            if not bench.keep_checkpoints:
+                drop_checkpoints(out, ["checkpoint-last.pth", "checkpoint-best.pth"])
             print(
                 f"seed {seed} {name}: test {results[name][seed]['test_acc']:.2f} (epoch "
                 f"{results[name][seed]['epoch']}; concept {concept_rows[-1]['test_acc']:.2f})",

@@ -282,6 +282,40 @@ def test_more_data_teacher_trains_on_the_students_faces_and_other_peoples(tmp_pa
         assert not own_bytes & {(union / name / f"extra_{f}").read_bytes() for f in extra}
 
 
+def test_ablation_reuses_a_finished_stage_run_with_the_same_arguments_only(tmp_path):
+    """benchmarks/ablation.py runs a stage again only when its arguments changed, --force is given, or the run did
+    not finish; a failed run leaves no record to be reused; drop_checkpoints removes only the files named."""
+    from benchmarks.ablation import drop_checkpoints, run
+
+    out, log = tmp_path / "faces", str(tmp_path / "faces.log")
+    argv = ["--out", out, "--size", 32, "--train_per_class", 1, "--test_per_class", 1]
+    marker = out / "train" / "happy"
+
+    def faces(args, force=False):
+        run("tools/make_synthetic_faces.py", args, log, str(out), "train", force)
+
+    faces(argv)
+    assert json.loads((out / "ablation_argv.json").read_text()) == ["tools/make_synthetic_faces.py", *map(str, argv)]
+    first = sorted(os.listdir(marker))
+    for file in first:
+        os.remove(marker / file)
+    faces(argv)  # reused: nothing is written again
+    assert os.listdir(marker) == []
+    faces(argv, force=True)
+    assert sorted(os.listdir(marker)) == first
+    for file in first:
+        os.remove(marker / file)
+    faces(argv[:-1] + [2])  # other arguments: run again
+    assert len(os.listdir(marker)) == 1
+    with pytest.raises(UserError, match="make_synthetic_faces.py failed"):
+        faces(argv + ["--size", "x"])
+    assert not (out / "ablation_argv.json").exists()
+    for name in ("checkpoint-last.pth", "checkpoint-best.pth", "log.jsonl"):
+        (tmp_path / name).write_text("x")
+    drop_checkpoints(str(tmp_path), ["checkpoint-last.pth", "checkpoint-best.pth", "absent.pth"])
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == [] and (tmp_path / "log.jsonl").exists()
+
+
 # --------------------------------------------------------------------------- files of another kind
 def test_checkpoint_of_another_kind_is_refused_before_anything_is_written(runs, faces, tmp_path, capfd):
     concept, percept = runs("concept")[0], runs("percept")[0]

@@ -211,6 +211,8 @@ def test_live_run_holds_its_folder_and_a_killed_one_releases_it(tmp_path, capfd,
         assert sorted(os.listdir(out)) == [LOCK_NAME]
         with pytest.raises(UserError, match="in use"):
             hold_folder(str(out))
+        with pytest.raises(UserError, match=r"in use .* pass another --out\.$"):  # benchmarks/ablation.py's flag
+            hold_folder(str(out), "--out")
     finally:
         holder.kill()
         holder.wait()

@@ -21,22 +21,22 @@ def sha256_file(path, chunk=1 << 20):
     return digest.hexdigest()
 
 
-def _refuse(folder, handle):
+def _refuse(folder, handle, flag="--output_dir"):
     handle.seek(0)
     holder = handle.read().strip() or "another process"
     handle.close()
     raise UserError(
         f"output folder {folder} is in use by a run that is still going ({holder}); wait for it to end or "
-        f"pass another --output_dir."
+        f"pass another {flag}."
     )
 
 
-def hold_folder(folder):
+def hold_folder(folder, flag="--output_dir"):
     """Hold ``folder`` for this process: an exclusive ``flock`` on FOLDER/.run.lock, which the kernel
     releases when the process ends, however it ends (a killed run never leaves the folder locked).
     Returns the open lock file (the same one again when this process holds the folder already). A folder
     that another live process holds is a UserError. The file records who holds it (pid, host, start time)
-    for that message."""
+    for that message, which names ``flag`` as the way to another folder."""
     os.makedirs(folder, exist_ok=True)
     key = os.path.realpath(folder)
     if key in _held:  # this process holds it already (a second run in the same process)
@@ -45,7 +45,7 @@ def hold_folder(folder):
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        _refuse(folder, handle)
+        _refuse(folder, handle, flag)
     started = datetime.datetime.now().isoformat(timespec="seconds")
     handle.seek(0)
     handle.truncate()
