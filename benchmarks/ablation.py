@@ -115,31 +115,34 @@ def parse_args(argv=None):
     return args
 
 
-def run(script, argv, log, output_dir, done_file, force=False):
+def run(script, argv, log, output_dir, done_file, force=False, inputs=None):
     """Run a stage script as a user does; its output goes to ``log``; a failure stops the benchmark.
 
-    A stage whose ``output_dir`` already holds ``done_file`` from a run with the same arguments (recorded in
-    ``ablation_argv.json`` there) is not run again, unless ``force``: a second call with other ``--variants`` or
-    more ``--seeds`` reuses the teachers and runs it already has.
+    A stage whose ``output_dir`` already holds ``done_file`` from a run with the same arguments and the same
+    ``inputs`` (what its arguments name but do not say: the faces' settings, the record of the run that made the
+    checkpoint it reads), recorded in ``ablation_argv.json`` there, is not run again, unless ``force``: a second
+    call with other ``--variants`` or more ``--seeds`` reuses the teachers and runs it already has, and a teacher
+    trained again makes its stage 2 and 3 runs run again. Returns the record, the ``inputs`` of what reads this run.
     """
-    argv = [script, *map(str, argv)]
+    state = {"argv": [script, *map(str, argv)], "inputs": inputs}
     record = os.path.join(output_dir, "ablation_argv.json")
     if not force and os.path.exists(os.path.join(output_dir, done_file)) and os.path.exists(record):
         with open(record) as handle:
-            if json.load(handle) == argv:
-                return
+            if json.load(handle) == state:
+                return state
     if os.path.exists(record):
         os.remove(record)
     with open(log, "w") as handle:
         proc = subprocess.run(
-            [sys.executable, os.path.join(REPO, script), *argv[1:]],
+            [sys.executable, os.path.join(REPO, script), *state["argv"][1:]],
             cwd=REPO,
             stdout=handle,
             stderr=subprocess.STDOUT,
         )
     if proc.returncode != 0:
         raise UserError(f"{script} failed (exit {proc.returncode}); see {log}.")
-    write_json(record, argv)
+    write_json(record, state)
+    return state
 
 
 def drop_checkpoints(output_dir, names):
@@ -279,6 +282,10 @@ def main(argv=None):
         "--lr_schedule",
         "cosine",
     ]
+    # what the folder names do not say about the faces in them
+    faces_made = {key: getattr(bench, key) for key in ("data_seed", "train_per_class", "test_per_class", "input_size")}
+    if bench.teacher == "more_data":
+        faces_made["teacher_per_class"] = bench.teacher_per_class
     results, concept_rows = {}, []
     for seed in bench.seeds:
         tag = f"{bench.teacher}-seed{seed}"
@@ -288,7 +295,7 @@ def main(argv=None):
             if bench.teacher == "weak"
             else ["--pretrained", weights["resnet50"], "--epochs", bench.epochs_concept]
         )
-        run(
+        teacher_run = run(
             "main_concept.py",
             [
                 *data,
@@ -306,12 +313,13 @@ def main(argv=None):
             concept,
             "checkpoint-best.pth",
             bench.force,
+            faces_made,
         )
         if not bench.keep_checkpoints:
             drop_checkpoints(concept, ["checkpoint-last.pth"])
         concept_rows.append(selected(concept))
         confidence = os.path.join(work, f"confidence-{tag}")
-        run(
+        confidence_run = run(
             "high_confidence.py",
             [
                 "--concept_ckpt",
@@ -327,6 +335,7 @@ def main(argv=None):
             confidence,
             "bank.pt",
             bench.force,
+            teacher_run,
         )
         for name in bench.variants:
             out = os.path.join(work, f"percept-{name}-{tag}")
@@ -354,6 +363,7 @@ def main(argv=None):
                 out,
                 "log.jsonl",
                 bench.force,
+                confidence_run,
             )
             results.setdefault(name, {})[seed] = selected(out)
             if not bench.keep_checkpoints:

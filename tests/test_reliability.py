@@ -283,19 +283,21 @@ def test_more_data_teacher_trains_on_the_students_faces_and_other_peoples(tmp_pa
 
 
 def test_ablation_reuses_a_finished_stage_run_with_the_same_arguments_only(tmp_path):
-    """benchmarks/ablation.py runs a stage again only when its arguments changed, --force is given, or the run did
-    not finish; a failed run leaves no record to be reused; drop_checkpoints removes only the files named."""
+    """benchmarks/ablation.py runs a stage again only when its arguments or its inputs (the record of the run it
+    reads) changed, --force is given, or the run did not finish; a failed run leaves no record to be reused;
+    drop_checkpoints removes only the files named."""
     from benchmarks.ablation import drop_checkpoints, run
 
     out, log = tmp_path / "faces", str(tmp_path / "faces.log")
     argv = ["--out", out, "--size", 32, "--train_per_class", 1, "--test_per_class", 1]
     marker = out / "train" / "happy"
 
-    def faces(args, force=False):
-        run("tools/make_synthetic_faces.py", args, log, str(out), "train", force)
+    def faces(args, force=False, inputs=None):
+        return run("tools/make_synthetic_faces.py", args, log, str(out), "train", force, inputs)
 
-    faces(argv)
-    assert json.loads((out / "ablation_argv.json").read_text()) == ["tools/make_synthetic_faces.py", *map(str, argv)]
+    state = faces(argv)
+    expected = {"argv": ["tools/make_synthetic_faces.py", *map(str, argv)], "inputs": None}
+    assert state == expected and json.loads((out / "ablation_argv.json").read_text()) == expected
     first = sorted(os.listdir(marker))
     for file in first:
         os.remove(marker / file)
@@ -303,6 +305,11 @@ def test_ablation_reuses_a_finished_stage_run_with_the_same_arguments_only(tmp_p
     assert os.listdir(marker) == []
     faces(argv, force=True)
     assert sorted(os.listdir(marker)) == first
+    for file in first:
+        os.remove(marker / file)
+    faces(argv, inputs={"teacher": "trained again"})  # the same arguments, another upstream run: run again
+    assert sorted(os.listdir(marker)) == first
+    assert json.loads((out / "ablation_argv.json").read_text())["inputs"] == {"teacher": "trained again"}
     for file in first:
         os.remove(marker / file)
     faces(argv[:-1] + [2])  # other arguments: run again
