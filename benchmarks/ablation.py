@@ -2,6 +2,7 @@
 
     python benchmarks/ablation.py                                  # 3 seeds, every variant (about 20 min on 2 cores)
     python benchmarks/ablation.py --seeds 0 --variants baseline,pool_bank
+    python benchmarks/ablation.py --seeds 0,1,2,3,4 --jobs 5 --amp --num_workers 2   # one GPU, 5 seeds at once
 
 Per seed s: stage 1 (``main_concept.py``, seed s) from the identity stand-ins of ``tools/pretrain_identity.py``,
 stage 2 (``high_confidence.py``), then stage 3 (``main_percept.py``, seed s) once per variant:
@@ -34,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -97,6 +99,10 @@ def parse_args(argv=None):
     )
     parser.add_argument("--data_seed", type=int, default=0)
     parser.add_argument("--num_workers", type=int, default=0, help="loader workers (0: fastest on 2 cores)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="seeds run at once (1 on a CPU; on one GPU, 3-5 keep it busy)"
+    )
+    parser.add_argument("--amp", action="store_true", help="mixed precision in every stage (CUDA only)")
     parser.add_argument("--out", default=os.path.join("output", "benchmarks", "ablation"))
     parser.add_argument(
         "--force",
@@ -112,6 +118,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.variants = name_list(args.variants, VARIANTS, "--variants")
     args.seeds = seed_list(args.seeds)
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be at least 1 (got {args.jobs}).")
     return args
 
 
@@ -245,6 +253,98 @@ def teacher_training_set(work, faces, size, bench):
     return union
 
 
+def seed_runs(bench, ctx, seed):
+    """One seed's stage 1, stage 2 and every variant's stage 3; returns (the teacher's figures, {variant: figures})."""
+    results = {}
+    tag = f"{bench.teacher}-seed{seed}"
+    concept = os.path.join(ctx.work, f"concept-{tag}")
+    teacher = (
+        ["--pretrained", "none", "--epochs", bench.weak_epochs]
+        if bench.teacher == "weak"
+        else ["--pretrained", ctx.weights["resnet50"], "--epochs", bench.epochs_concept]
+    )
+    teacher_run = run(
+        "main_concept.py",
+        [
+            *ctx.data,
+            *teacher,
+            "--data_path",
+            ctx.teacher_train,
+            "--seed",
+            seed,
+            "--focal_alpha",
+            "auto",
+            "--output_dir",
+            concept,
+        ],
+        concept + ".log",
+        concept,
+        "checkpoint-best.pth",
+        bench.force,
+        ctx.faces_made,
+    )
+    if not bench.keep_checkpoints:
+        drop_checkpoints(concept, ["checkpoint-last.pth"])
+    concept_row = selected(concept)
+    confidence = os.path.join(ctx.work, f"confidence-{tag}")
+    confidence_run = run(
+        "high_confidence.py",
+        [
+            "--concept_ckpt",
+            os.path.join(concept, "checkpoint-best.pth"),
+            "--data_path",
+            ctx.student_train,
+            "--output_dir",
+            confidence,
+            "--num_workers",
+            bench.num_workers,
+            *(["--amp"] if bench.amp else []),
+        ],
+        confidence + ".log",
+        confidence,
+        "bank.pt",
+        bench.force,
+        teacher_run,
+    )
+    for name in bench.variants:
+        out = os.path.join(ctx.work, f"percept-{name}-{tag}")
+        run(
+            "main_percept.py",
+            [
+                *ctx.data,
+                "--data_path",
+                ctx.student_train,
+                "--pretrained",
+                ctx.weights["resnet18"],
+                "--epochs",
+                bench.epochs_percept,
+                "--seed",
+                seed,
+                "--concept_ckpt",
+                os.path.join(concept, "checkpoint-best.pth"),
+                "--confidence_dir",
+                confidence,
+                "--output_dir",
+                out,
+                *VARIANTS[name],
+            ],
+            out + ".log",
+            out,
+            "log.jsonl",
+            bench.force,
+            confidence_run,
+        )
+        results[name] = selected(out)
+        if not bench.keep_checkpoints:
+            drop_checkpoints(out, ["checkpoint-last.pth", "checkpoint-best.pth"])
+        print(
+            f"seed {seed} {name}: test {results[name]['test_acc']:.2f} (epoch "
+            f"{results[name]['epoch']}; concept {concept_row['test_acc']:.2f})",
+            flush=True,
+        )
+    return concept_row, results
+
+
 @run_main
 def main(argv=None):
     bench = parse_args(argv)
@@ -281,98 +381,30 @@ def main(argv=None):
         bench.lr,
         "--lr_schedule",
         "cosine",
+        *(["--amp"] if bench.amp else []),
     ]
     # what the folder names do not say about the faces in them
     faces_made = {key: getattr(bench, key) for key in ("data_seed", "train_per_class", "test_per_class", "input_size")}
     if bench.teacher == "more_data":
         faces_made["teacher_per_class"] = bench.teacher_per_class
-    results, concept_rows = {}, []
-    for seed in bench.seeds:
-        tag = f"{bench.teacher}-seed{seed}"
-        concept = os.path.join(work, f"concept-{tag}")
-        teacher = (
-            ["--pretrained", "none", "--epochs", bench.weak_epochs]
-            if bench.teacher == "weak"
-            else ["--pretrained", weights["resnet50"], "--epochs", bench.epochs_concept]
-        )
-        teacher_run = run(
-            "main_concept.py",
-            [
-                *data,
-                *teacher,
-                "--data_path",
-                teacher_train,
-                "--seed",
-                seed,
-                "--focal_alpha",
-                "auto",
-                "--output_dir",
-                concept,
-            ],
-            concept + ".log",
-            concept,
-            "checkpoint-best.pth",
-            bench.force,
-            faces_made,
-        )
-        if not bench.keep_checkpoints:
-            drop_checkpoints(concept, ["checkpoint-last.pth"])
-        concept_rows.append(selected(concept))
-        confidence = os.path.join(work, f"confidence-{tag}")
-        confidence_run = run(
-            "high_confidence.py",
-            [
-                "--concept_ckpt",
-                os.path.join(concept, "checkpoint-best.pth"),
-                "--data_path",
-                student_train,
-                "--output_dir",
-                confidence,
-                "--num_workers",
-                bench.num_workers,
-            ],
-            confidence + ".log",
-            confidence,
-            "bank.pt",
-            bench.force,
-            teacher_run,
-        )
-        for name in bench.variants:
-            out = os.path.join(work, f"percept-{name}-{tag}")
-            run(
-                "main_percept.py",
-                [
-                    *data,
-                    "--data_path",
-                    student_train,
-                    "--pretrained",
-                    weights["resnet18"],
-                    "--epochs",
-                    bench.epochs_percept,
-                    "--seed",
-                    seed,
-                    "--concept_ckpt",
-                    os.path.join(concept, "checkpoint-best.pth"),
-                    "--confidence_dir",
-                    confidence,
-                    "--output_dir",
-                    out,
-                    *VARIANTS[name],
-                ],
-                out + ".log",
-                out,
-                "log.jsonl",
-                bench.force,
-                confidence_run,
-            )
-            results.setdefault(name, {})[seed] = selected(out)
-            if not bench.keep_checkpoints:
-                drop_checkpoints(out, ["checkpoint-last.pth", "checkpoint-best.pth"])
-            print(
-                f"seed {seed} {name}: test {results[name][seed]['test_acc']:.2f} (epoch "
-                f"{results[name][seed]['epoch']}; concept {concept_rows[-1]['test_acc']:.2f})",
-                flush=True,
-            )
+    ctx = argparse.Namespace(
+        work=work,
+        weights=weights,
+        data=data,
+        teacher_train=teacher_train,
+        student_train=student_train,
+        faces_made=faces_made,
+    )
+    # seeds are independent: --jobs N runs N of them at once (on a GPU, where one small run leaves it mostly idle)
+    with ThreadPoolExecutor(max_workers=bench.jobs) as pool:
+        futures = [pool.submit(seed_runs, bench, ctx, seed) for seed in bench.seeds]
+        try:
+            outcomes = [future.result() for future in futures]
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    concept_rows = [row for row, _ in outcomes]
+    results = {name: {seed: runs[name] for seed, (_, runs) in zip(bench.seeds, outcomes)} for name in bench.variants}
     rows = summarise(results, bench.variants)
     text = table(rows, concept_rows)
     print(text)

@@ -323,6 +323,52 @@ def test_ablation_reuses_a_finished_stage_run_with_the_same_arguments_only(tmp_p
     assert sorted(p.name for p in tmp_path.glob("*.pth")) == [] and (tmp_path / "log.jsonl").exists()
 
 
+def test_ablation_runs_seeds_at_once_and_keeps_each_seeds_figures(tmp_path, monkeypatch):
+    """benchmarks/ablation.py --jobs 3: the seeds run side by side, every stage gets --amp when asked, and the
+    report keeps each seed's figures under its seed whatever order the runs finish in; --jobs 0 is refused."""
+    import threading
+
+    import benchmarks.ablation as ablation
+
+    calls, lock = [], threading.Lock()
+    delays = {"0": 0.3, "1": 0.0, "2": 0.15}  # seed 0 finishes last
+
+    def fake_run(script, argv, log, output_dir, done_file, force=False, inputs=None):
+        seed = output_dir.rsplit("seed", 1)[1]
+        time.sleep(delays[seed])
+        with lock:
+            calls.append((script, [str(a) for a in argv]))
+        return {"argv": [script], "inputs": inputs}
+
+    def fake_selected(output_dir):
+        seed = int(output_dir.rsplit("seed", 1)[1])
+        offset = 10.0 if "pool_bank" in output_dir else 0.0
+        acc = 20.0 + seed + offset
+        return {"epoch": seed, "val_acc": acc, "test_acc": acc, "test_mean_class_acc": acc, "final_test_acc": acc}
+
+    monkeypatch.setattr(ablation, "run", fake_run)
+    monkeypatch.setattr(ablation, "selected", fake_selected)
+    monkeypatch.setattr(ablation, "make_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(ablation, "identity_weights", lambda *a, **k: {"resnet50": "r50.pkl", "resnet18": "r18.pth"})
+    out = tmp_path / "bench"
+    args = ["--seeds", "0,1,2", "--jobs", "3", "--amp", "--variants", "baseline,pool_bank", "--out", str(out)]
+    ablation.main(args)
+    assert (
+        sorted(script for script, _ in calls)
+        == ["high_confidence.py"] * 3 + ["main_concept.py"] * 3 + ["main_percept.py"] * 6
+    )
+    assert all("--amp" in argv for _, argv in calls)
+    report = json.loads((out / "ablation-identity.json").read_text())
+    for seed in range(3):
+        assert report["runs"]["baseline"][str(seed)]["test_acc"] == 20.0 + seed
+        assert report["runs"]["pool_bank"][str(seed)]["test_acc"] == 30.0 + seed
+    assert [row["test_acc"] for row in report["concept"]] == [20.0, 21.0, 22.0]
+    bank = next(row for row in report["summary"] if row["variant"] == "pool_bank")
+    assert bank["minus_baseline"] == pytest.approx(10.0) and bank["minus_baseline_std"] == pytest.approx(0.0)
+    with pytest.raises(UserError, match="--jobs must be at least 1"):
+        ablation.parse_args(["--jobs", "0"])
+
+
 # --------------------------------------------------------------------------- files of another kind
 def test_checkpoint_of_another_kind_is_refused_before_anything_is_written(runs, faces, tmp_path, capfd):
     concept, percept = runs("concept")[0], runs("percept")[0]
