@@ -298,7 +298,7 @@ def seed_runs(bench, ctx, seed):
             confidence,
             "--num_workers",
             bench.num_workers,
-            *(["--amp"] if bench.amp else []),
+            *ctx.amp,
         ],
         confidence + ".log",
         confidence,
@@ -364,6 +364,7 @@ def main(argv=None):
     make_dataset(val, seed=bench.data_seed + 1000, size=size, train_per_class=1, test_per_class=bench.test_per_class)
     student_train = os.path.join(faces, "train")
     teacher_train = teacher_training_set(work, faces, size, bench) if bench.teacher == "more_data" else student_train
+    amp = ["--amp"] if bench.amp else []  # every stage, scoring included
     data = [
         "--eval_data_path",
         os.path.join(val, "test"),
@@ -381,7 +382,7 @@ def main(argv=None):
         bench.lr,
         "--lr_schedule",
         "cosine",
-        *(["--amp"] if bench.amp else []),
+        *amp,
     ]
     # what the folder names do not say about the faces in them
     faces_made = {key: getattr(bench, key) for key in ("data_seed", "train_per_class", "test_per_class", "input_size")}
@@ -391,6 +392,7 @@ def main(argv=None):
         work=work,
         weights=weights,
         data=data,
+        amp=amp,
         teacher_train=teacher_train,
         student_train=student_train,
         faces_made=faces_made,
