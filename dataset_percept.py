@@ -22,7 +22,7 @@ from dataset_concept import collate_skip_none
 from models.concept import frozen_concept, load_concept_checkpoint
 from utils.checkpoint import load_checkpoint
 from utils.cli import existing_file
-from utils.confidence import filter_by_correctness, teacher_quality
+from utils.confidence import filter_by_correctness, fit_temperature, teacher_quality
 from utils.errors import UserError
 from utils.files import sha256_file
 
@@ -133,6 +133,25 @@ def collate_percept(batch: list) -> dict:
     return out
 
 
+def calibrate_kl_target(args, bank: dict, teacher: dict) -> None:
+    """``--kl_temperature auto``: the temperature that calibrates the concept logits on the training images
+    stage 2 scored replaces "auto" in ``args``; the fit and the requested value go into ``teacher``."""
+    teacher["kl_temperature_requested"] = args.kl_temperature
+    if args.kl_temperature == "auto":
+        fit = fit_temperature(bank["logits"], bank["labels"])
+        args.kl_temperature = fit["temperature"]
+        teacher["kl_temperature_fit"] = fit
+        before, after = fit["before"], fit["after"]
+        print(
+            f"--kl_temperature auto: T = {fit['temperature']:.3f} calibrates the concept model on the "
+            f"{len(bank['labels'])} training images (mean p(true class) {before['p_true']:.3f} -> "
+            f"{after['p_true']:.3f}, mean largest p {before['p_max']:.3f} -> {after['p_max']:.3f}, NLL "
+            f"{before['nll']:.3f} -> {after['nll']:.3f}; train accuracy {teacher['train_acc']:.1f} %)",
+            flush=True,
+        )
+    teacher["kl_temperature"] = args.kl_temperature
+
+
 def concept_regularisation(args, train_set) -> tuple:
     """Stage 3's wiring of the concept regulariser (``--concept_target pool|self``).
 
@@ -166,6 +185,7 @@ def concept_regularisation(args, train_set) -> tuple:
     teacher, warning = teacher_quality(bank, eval_acc, args.weak_teacher_acc)
     if warning:
         print(warning, flush=True)
+    calibrate_kl_target(args, bank, teacher)
     mask = bank["mask"]
     if args.teacher_filter == "correct":
         correct = bank["logits"].argmax(1) == bank["labels"]

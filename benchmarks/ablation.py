@@ -13,7 +13,9 @@ stage 2 (``high_confidence.py``), then stage 3 (``main_percept.py``, seed s) onc
 - ``pool_bank``: the same targets from stage 2's feature bank;
 - ``pool_bank_correct``: ``pool_bank`` with ``--teacher_filter correct`` (distil only where the concept model is right);
 - ``pool_bank_mmd_only``, ``pool_bank_kl_only``: ``pool_bank`` with one regulariser switched off (``--gamma 0``,
-  ``--beta 0``), and ``pool_bank_kl4``: with the KL term weighted 4 instead of 1 (``--gamma 4``); not run by default.
+  ``--beta 0``), ``pool_bank_kl4``: with the KL term weighted 4 instead of 1 (``--gamma 4``), and
+  ``pool_bank_calibrated`` and ``pool_online_calibrated``: the KL target at the temperature that calibrates the
+  teacher on its scored training faces (``--kl_temperature auto``); not run by default.
 
 ``--teacher weak`` replaces stage 1 by a deliberately weak concept model (``--weak_epochs`` epochs from random
 weights), to measure what a weak teacher does and what the remedy recovers. ``--teacher more_data`` trains stage 1
@@ -59,6 +61,8 @@ VARIANTS = {
     "pool_bank_mmd_only": ["--concept_target", "pool", "--pool_features", "bank", "--gamma", "0"],
     "pool_bank_kl_only": ["--concept_target", "pool", "--pool_features", "bank", "--beta", "0"],
     "pool_bank_kl4": ["--concept_target", "pool", "--pool_features", "bank", "--gamma", "4"],
+    "pool_bank_calibrated": ["--concept_target", "pool", "--pool_features", "bank", "--kl_temperature", "auto"],
+    "pool_online_calibrated": ["--concept_target", "pool", "--pool_features", "online", "--kl_temperature", "auto"],
 }
 DEFAULT_VARIANTS = ["baseline", "self", "pool_online", "pool_bank", "pool_bank_correct"]
 

@@ -166,3 +166,68 @@ def test_teacher_quality_figures_and_warning():
     assert "--teacher_filter correct" in warning
     _, warning = teacher_quality(bank, None, 60.0)  # no eval figure: judged on the training accuracy
     assert "50.0 % on the training images" in warning and "eval split" not in warning
+
+
+def test_kl_temperature_auto_calibrates_an_under_confident_teacher_and_sharpens_the_kl_target():
+    """--kl_temperature auto: fit_temperature recovers the scale of logits shrunk to a quarter (labels drawn
+    from softmax of the full logits), the fitted T is the NLL minimum, its figures are the hand-computed
+    ones, and stage 3's KL term is KL(softmax(logits_c / T) || softmax(logits_p)) by hand."""
+    from dataset_percept import calibrate_kl_target
+    from models.percept import PerceptNet
+    from utils.cli import check_percept_args, percept_parser
+    from utils.confidence import fit_temperature
+    from utils.losses import kl_high_confidence
+
+    generator = torch.Generator().manual_seed(0)
+    full = 2.0 * torch.randn(6000, 5, generator=generator)
+    labels = torch.multinomial(full.softmax(1), 1, generator=generator).squeeze(1)
+    fit = fit_temperature(0.25 * full, labels)
+    assert fit["temperature"] == pytest.approx(0.25, rel=0.05)
+    shrunk = 0.25 * full.double()
+
+    def nll(t):
+        return float(torch.nn.functional.cross_entropy(shrunk / t, labels))
+
+    t = fit["temperature"]
+    assert fit["after"]["nll"] == pytest.approx(nll(t)) and nll(t) < min(nll(1.05 * t), nll(t / 1.05), nll(1.0))
+    prob = (shrunk / t).softmax(1)
+    assert fit["after"]["p_true"] == pytest.approx(float(prob[torch.arange(len(labels)), labels].mean()))
+    assert fit["before"]["p_max"] == pytest.approx(float(shrunk.softmax(1).max(1).values.mean()))
+    assert fit["after"]["p_max"] > fit["before"]["p_max"]  # T < 1 sharpens
+
+    features = torch.nn.functional.normalize(torch.randn(8, 256, generator=generator), dim=1)
+    bank = {"logits": 0.25 * full[:8], "labels": labels[:8], "features": features}
+    args = percept_parser().parse_args(["--kl_temperature", "auto", "--pool_features", "bank"])
+    check_percept_args(args)
+    teacher = {"train_acc": 50.0}
+    calibrate_kl_target(args, bank, teacher)
+    refit = fit_temperature(bank["logits"], bank["labels"])["temperature"]
+    assert args.kl_temperature == teacher["kl_temperature"] == refit
+    assert teacher["kl_temperature_requested"] == "auto"
+    default = percept_parser().parse_args([])
+    calibrate_kl_target(default, bank, {})
+    assert default.kl_temperature == 1.0
+
+    args.kl_temperature = 0.5  # stage 3's objective divides the concept logits by T before the KL term
+    model = PerceptNet(5, pretrained=None).eval()
+    batch = {
+        "image": torch.randn(8, 3, 32, 32, generator=generator),
+        "label": labels[:8],
+        "index": torch.arange(8),
+        "mask": torch.tensor([1, 1, 0, 1, 0, 1, 1, 1]).bool(),
+        "pool_index": torch.zeros(8, 2, dtype=torch.long),
+    }
+    _, parts, out = PerceptObjective(args, None, bank)(model, batch)
+    expected = kl_high_confidence(2.0 * bank["logits"], out["logits"].float(), batch["mask"])
+    assert parts["kl"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert parts["kl"].item() != pytest.approx(kl_high_confidence(bank["logits"], out["logits"], batch["mask"]).item())
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "warm"])
+def test_kl_temperature_refuses_what_is_not_a_positive_number(value, capsys):
+    from utils.cli import percept_parser
+
+    with pytest.raises(SystemExit) as stop:
+        percept_parser().parse_args(["--kl_temperature", value])
+    assert stop.value.code == 2
+    assert "--kl_temperature: must be 'auto' or a positive number" in capsys.readouterr().err

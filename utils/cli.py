@@ -5,6 +5,7 @@ data/RAF-DB/{train,test}, outputs under output/<stage>.
 """
 
 import argparse
+import math
 import os
 import platform
 
@@ -247,6 +248,14 @@ def percept_parser() -> argparse.ArgumentParser:
     method.add_argument("--beta", type=float, default=1.0, help="weight of MMD")
     method.add_argument("--gamma", type=float, default=1.0, help="weight of KL")
     method.add_argument(
+        "--kl_temperature",
+        type=temperature_arg,
+        default=1.0,
+        help="the KL target is softmax(concept logits / T): 1 (the paper), a positive number, or auto: the T "
+        "that calibrates the concept model on the training images stage 2 scored (temperature scaling; "
+        "T < 1 sharpens an under-confident teacher)",
+    )
+    method.add_argument(
         "--teacher_filter",
         default="none",
         choices=("none", "correct"),
@@ -297,6 +306,19 @@ def adopt_concept_split(args) -> None:
         f"{record['fraction']}, --val_seed {record['seed']}) and chooses its best epoch on them.",
         flush=True,
     )
+
+
+def temperature_arg(text: str):
+    """``--kl_temperature``: ``auto`` or a positive number."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive number, got {text!r}")
+    return value
 
 
 def check_percept_args(args) -> None:

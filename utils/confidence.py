@@ -183,3 +183,30 @@ def teacher_quality(bank: dict, eval_acc: float | None, min_acc: float) -> tuple
         f"concepts this weak can pull the perceptual network below one trained alone (README, "
         f"'A weak teacher'); --teacher_filter correct distils only where the concept model is right."
     )
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, bounds: tuple = (0.05, 20.0)) -> dict:
+    """Temperature scaling of a classifier's logits: the T in ``bounds`` that minimises the mean negative
+    log-likelihood of ``labels`` under softmax(logits / T) (a one-dimensional convex problem in 1/T, solved
+    over log T by scipy's bounded scalar search). Returns ``temperature`` and, before (T = 1) and after,
+    the mean NLL, the mean probability of the true class and the mean largest probability."""
+    from scipy.optimize import minimize_scalar  # scipy is already a dependency (scikit-learn)
+
+    logits = logits.detach().double().cpu()
+    labels = labels.detach().long().cpu()
+
+    def nll(log_t: float) -> float:
+        return float(torch.nn.functional.cross_entropy(logits / math.exp(log_t), labels))
+
+    found = minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded")
+    temperature = math.exp(found.x)
+
+    def summary(t: float) -> dict:
+        prob = (logits / t).softmax(1)
+        return {
+            "nll": nll(math.log(t)),
+            "p_true": float(prob.gather(1, labels[:, None]).mean()),
+            "p_max": float(prob.max(1).values.mean()),
+        }
+
+    return {"temperature": temperature, "before": summary(1.0), "after": summary(temperature)}

@@ -113,7 +113,8 @@ class PerceptObjective:
     """Stage 3 (docs/method.md): alpha*CE + beta*MMD(c, p) + gamma*KL over high-confidence samples, and for
     the multi-task model lambda_vad*MSE(VAD) + lambda_cons*L_cons.
 
-    ``args``: ``concept_target`` (pool | self | none), ``pool_features`` (online | bank), ``alpha beta gamma
+    ``args``: ``concept_target`` (pool | self | none), ``pool_features`` (online | bank), ``kl_temperature`` (a
+    number: "auto" is resolved by dataset_percept.calibrate_kl_target), ``alpha beta gamma
     lambda_vad lambda_cons cons_weights``. ``concept`` is the frozen stage-1 model (online targets) or None;
     ``bank`` holds stage 2's ``features`` and ``logits`` on the device (bank targets) or None;
     ``sign_matrix`` (C x 3, :func:`utils.losses.vad_sign_matrix`) turns on the VAD terms.
@@ -152,6 +153,8 @@ class PerceptObjective:
         if self.mode != "none":
             target, logits_c = self.concept_targets(batch)
             mmd = mmd_loss(target, out["p"].float())
+            if args.kl_temperature != 1:  # a number here: "auto" is resolved from the bank before training
+                logits_c = logits_c / args.kl_temperature
             kl = kl_high_confidence(logits_c, logits, batch["mask"])
             loss = loss + args.beta * mmd + args.gamma * kl
             parts.update(mmd=mmd.detach(), kl=kl.detach())
