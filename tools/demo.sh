@@ -26,8 +26,10 @@ start=$(date +%s)
     --pretrained "$PRE/synthetic-identity_resnet50_ft_weight.pkl" "${COMMON[@]}"
 "$PY" high_confidence.py --concept_ckpt "$OUT/concept/checkpoint-best.pth" --data_path "$FACES/train" \
     --output_dir "$OUT/confidence" "${WORKERS[@]}"
+# CRPN with the pooled concepts of stage 2's bank (no concept forward pass) and the KL target calibrated on the
+# training faces (--kl_temperature auto): the best-measured variant over seeds in this setting (README, "Results")
 "$PY" main_percept.py --epochs "$EPOCHS3" --concept_ckpt "$OUT/concept/checkpoint-best.pth" \
-    --confidence_dir "$OUT/confidence" --output_dir "$OUT/percept" \
+    --pool_features bank --kl_temperature auto --confidence_dir "$OUT/confidence" --output_dir "$OUT/percept" \
     --pretrained "$PRE/synthetic-identity_resnet18_msceleb.pth" "${COMMON[@]}"
 "$PY" main_percept.py --epochs "$EPOCHS3" --concept_target none --output_dir "$OUT/baseline" \
     --pretrained "$PRE/synthetic-identity_resnet18_msceleb.pth" "${COMMON[@]}"

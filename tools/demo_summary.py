@@ -15,6 +15,15 @@ from models.percept import PerceptNet  # noqa: E402
 from utils.log import chosen_record  # noqa: E402
 
 
+def paper_order(concept: float, crpn: float, baseline: float) -> str:
+    """Whether this run's test figures show the paper's order, concept > CRPN > baseline, in words."""
+    shown = concept > crpn > baseline
+    return (
+        f"the paper's order on the test faces (concept > CRPN > baseline): {'shown' if shown else 'NOT shown'} "
+        f"here ({concept:.2f} / {crpn:.2f} / {baseline:.2f} %; CRPN - baseline {crpn - baseline:+.2f} points)"
+    )
+
+
 @torch.no_grad()
 def latency_ms(forward, input_size, repeats=20):
     """Median per-image latency at batch 1, one thread, after warm-up."""
@@ -66,8 +75,9 @@ def main():
             f"{name:40s} {best['test_acc']:10.2f} {best['test_mean_class_acc']:10.2f} {best['eval_acc']:9.2f} "
             f"{best['epoch']:5d} {params / 1e6:9.2f} {ms:10.2f}"
         )
+    print("\n" + paper_order(*(best["test_acc"] for _, best, _, _ in rows)))
     print(
-        "\n(test figures at the epoch the validation faces chose; CPU latency: batch 1, one thread, "
+        "(test figures at the epoch the validation faces chose; CPU latency: batch 1, one thread, "
         f"{args.input_size} px; the concept figure runs only its emotion branch.)\n"
         "(one training seed: on the demo's few training faces another seed moves each figure by several points; "
         "python benchmarks/ablation.py gives the mean and std over seeds, README 'Results'.)"
