@@ -369,6 +369,19 @@ def test_ablation_runs_seeds_at_once_and_keeps_each_seeds_figures(tmp_path, monk
         ablation.parse_args(["--jobs", "0"])
 
 
+def test_every_ablation_variant_is_a_valid_stage3_command():
+    """An hours-long benchmark must not fail at its first stage-3 run of a variant: each variant's flags parse in
+    main_percept.py's parser, and the combined variant is the calibrated target with the KL weight 4."""
+    from benchmarks.ablation import VARIANTS
+    from utils.cli import percept_parser
+
+    for name, flags in VARIANTS.items():
+        args = percept_parser().parse_args(flags)
+        assert (args.concept_target == "none") == (name == "baseline"), name
+    kl4 = percept_parser().parse_args(VARIANTS["pool_bank_calibrated_kl4"])
+    assert (kl4.pool_features, kl4.kl_temperature, kl4.gamma, kl4.beta) == ("bank", "auto", 4.0, 1.0)
+
+
 # --------------------------------------------------------------------------- files of another kind
 def test_checkpoint_of_another_kind_is_refused_before_anything_is_written(runs, faces, tmp_path, capfd):
     concept, percept = runs("concept")[0], runs("percept")[0]
