@@ -94,6 +94,13 @@ def parse_args(argv=None):
     parser.add_argument("--epochs_percept", type=int, default=6)
     parser.add_argument("--lr", type=float, default=1e-3, help="both stages (per-epoch cosine)")
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument(
+        "--expression_epochs",
+        type=int,
+        default=0,
+        help="fine-tune the ResNet-50 stand-in on the expressions of other people (tools/pretrain_identity.py "
+        "--expression_epochs; README: 8); 0: identity only",
+    )
     parser.add_argument("--input_size", type=int, default=40)
     parser.add_argument("--train_per_class", type=int, default=80)
     parser.add_argument(
@@ -127,6 +134,8 @@ def parse_args(argv=None):
     args.seeds = seed_list(args.seeds)
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1 (got {args.jobs}).")
+    if args.expression_epochs < 0:
+        raise UserError(f"--expression_epochs cannot be negative (got {args.expression_epochs}).")
     return args
 
 
@@ -358,7 +367,7 @@ def main(argv=None):
     started = time.perf_counter()
     work = os.path.join(bench.out, "runs")
     hold_folder(work, "--out")  # a second ablation in the same folder would rebuild the faces under this one
-    weights = identity_weights(bench.pretrained_dir, os.path.join(work, "pretrain.log"))
+    weights = identity_weights(bench.pretrained_dir, os.path.join(work, "pretrain.log"), bench.expression_epochs)
     faces, val = os.path.join(work, "faces"), os.path.join(work, "faces_val")
     size = round(bench.input_size * 256 / 224) + 2
     make_dataset(
@@ -395,6 +404,8 @@ def main(argv=None):
     faces_made = {key: getattr(bench, key) for key in ("data_seed", "train_per_class", "test_per_class", "input_size")}
     if bench.teacher == "more_data":
         faces_made["teacher_per_class"] = bench.teacher_per_class
+    if bench.expression_epochs:  # another ResNet-50 stand-in in the same file: every stage runs again
+        faces_made["expression_epochs"] = bench.expression_epochs
     ctx = argparse.Namespace(
         work=work,
         weights=weights,

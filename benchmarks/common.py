@@ -1,5 +1,6 @@
 """What the learning-outcome benchmarks share: their list flags and the identity stand-ins."""
 
+import contextlib
 import os
 import statistics
 import subprocess
@@ -43,17 +44,25 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
-def identity_weights(pretrained_dir: str, log=None) -> dict:
+def identity_weights(pretrained_dir: str, log=None, expression_epochs: int = 0) -> dict:
     """The identity stand-ins {"resnet50": .pkl, "resnet18": .pth}, trained by tools/pretrain_identity.py
-    (or reused from its cache) first; its output goes to ``log`` (a file path) or to the terminal."""
-    cmd = [sys.executable, os.path.join(REPO, "tools", "pretrain_identity.py"), "--out", pretrained_dir]
-    if log:
-        with open(log, "w") as handle:
-            proc = subprocess.run(cmd, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
-    else:
-        proc = subprocess.run(cmd, cwd=REPO)
-    if proc.returncode != 0:
-        raise UserError("tools/pretrain_identity.py failed; run it alone to see why.")
+    (or reused from its cache) first; its output goes to ``log`` (a file path) or to the terminal. With
+    ``expression_epochs`` the ResNet-50 is then fine-tuned on the expressions of other people (the tool's
+    ``--expression_epochs``: a teacher that knows more); the ResNet-18 stays identity-only."""
+    script = [sys.executable, os.path.join(REPO, "tools", "pretrain_identity.py"), "--out", pretrained_dir]
+    calls = (
+        [script]
+        if not expression_epochs
+        else [
+            [*script, "--arch", "resnet50", "--expression_epochs", str(expression_epochs)],
+            [*script, "--arch", "resnet18"],
+        ]
+    )
+    with open(log, "w") if log else contextlib.nullcontext() as handle:
+        for cmd in calls:
+            proc = subprocess.run(cmd, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT if log else None)
+            if proc.returncode != 0:
+                raise UserError("tools/pretrain_identity.py failed; run it alone to see why.")
     return {arch: os.path.join(pretrained_dir, name) for arch, name in FILES.items()}
 
 

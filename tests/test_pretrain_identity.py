@@ -96,7 +96,7 @@ def test_writes_the_documented_files(trained):
         assert 0.0 <= entry["heldout_identity_top1"] <= 1.0
         assert entry["heldout_images"] == PEOPLE and entry["train_images"] == PEOPLE * 5  # 1 in 5 held out
         assert entry["train_seconds"] > 0 and len(entry["key"]) == 16
-        assert f"{arch} epoch 1/1 | loss" in proc.stdout and "heldout_identity_acc" in proc.stdout
+        assert f"{arch} identity epoch 1/1 | loss" in proc.stdout and "heldout_identity_acc" in proc.stdout
     assert report["archs"]["resnet50"]["input_channels"] == "BGR"
     assert report["archs"]["resnet18"]["input_channels"] == "RGB"
 
@@ -190,7 +190,7 @@ def test_changed_setting_or_force_retrains(trained, tmp_path, capfd):
 
     proc = run_inprocess(["--out", out, *TINY, "--arch", "resnet18", "--lr", "0.001"], capfd)
     assert proc.returncode == 0, proc.stderr
-    assert "reusing" not in proc.stdout and "resnet18 epoch 1/1" in proc.stdout
+    assert "reusing" not in proc.stdout and "resnet18 identity epoch 1/1" in proc.stdout
     new = read_report(out)
     assert new["archs"]["resnet18"]["key"] != old["archs"]["resnet18"]["key"]
     assert new["archs"]["resnet18"]["settings"]["lr"] == 0.001
@@ -209,6 +209,47 @@ def test_changed_setting_or_force_retrains(trained, tmp_path, capfd):
     proc = run_inprocess(["--out", out, *TINY, "--arch", "resnet18", "--lr", "0.001", "--force"], capfd)
     assert proc.returncode == 0 and "reusing" not in proc.stdout
     assert os.stat(out / PTH).st_mtime_ns != mtime
+
+
+def test_expression_phase_fine_tunes_on_other_people_and_keeps_the_format(trained, tmp_path, capfd):
+    source, _ = trained
+    out = tmp_path / "expression"
+    shutil.copytree(source, out)
+    identity_only = read_report(out)["archs"]["resnet18"]
+    assert not any(key.startswith("expression") for key in identity_only["settings"])  # caches made before stay valid
+
+    args = ["--out", out, *TINY, "--arch", "resnet18", "--expression_epochs", "1", "--expression_per_class", "2"]
+    proc = run_inprocess(args, capfd)
+    assert proc.returncode == 0, proc.stderr
+    assert "resnet18 identity epoch 1/1" in proc.stdout and "resnet18 expression epoch 1/1" in proc.stdout
+    entry = read_report(out)["archs"]["resnet18"]
+    assert entry["key"] != identity_only["key"]
+    assert entry["settings"]["expression_epochs"] == 1 and entry["settings"]["expression_per_class"] == 2
+    assert entry["settings"]["expression_seed"] == pi.EXPRESSION_SEED  # + --seed 0: not a demo or benchmark seed
+    assert entry["expression_train_images"] == 2 * 7
+    assert entry["expression_heldout_images"] == pi.EXPRESSION_HELDOUT_PER_CLASS * 7
+    assert 0 <= entry["heldout_expression_top1"] <= 1 and 0 <= entry["heldout_identity_top1_after_expression"] <= 1
+    assert len(entry["epochs_log"]) == 1 and len(entry["expression_epochs_log"]) == 1
+    assert entry["sha256"] == sha256(out / PTH)
+    # the expression head is not in the file: it is the MS-Celeb format with the identity fc, through the real loader
+    state = torch.load(out / PTH, map_location="cpu", weights_only=True)["state_dict"]
+    assert state["fc.weight"].shape[0] == PEOPLE and not any("expression" in name for name in state)
+    percept = PerceptNet(7, pretrained=str(out / PTH))
+    for tensor in _backbone_tensors(percept, "layer4.1.bn2.running_mean"):
+        assert torch.equal(tensor, state["layer4.1.bn2.running_mean"])
+    # and the fine-tuning changed the backbone that the identity-only file holds
+    before = torch.load(source / PTH, map_location="cpu", weights_only=True)["state_dict"]
+    assert not torch.equal(before["layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])
+
+
+def test_expression_faces_are_other_people():
+    from tools.make_synthetic_faces import generate_split
+
+    train, labels, heldout, heldout_labels = pi.expression_faces(0, 2, 32)
+    assert train.shape == (14, 32, 32, 3) and list(labels) == [c for c in range(7) for _ in range(2)]
+    assert heldout.shape == (pi.EXPRESSION_HELDOUT_PER_CLASS * 7, 32, 32, 3) and len(heldout_labels) == len(heldout)
+    demo = generate_split(0, "train", 2, 32)  # the demo's training faces (generator seed 0)
+    assert not any(np.array_equal(a, d["image"]) for a, d in zip(train, demo))
 
 
 def test_deterministic_for_a_seed(tmp_path, capfd):
@@ -234,6 +275,8 @@ def test_deterministic_for_a_seed(tmp_path, capfd):
         (["--epochs", "0"], "--epochs"),
         (["--lr", "nan"], "--lr"),
         (["--input_size", "64"], "--input_size"),
+        (["--expression_epochs", "-1"], "--expression_epochs"),
+        (["--expression_per_class", "0"], "--expression_per_class"),
     ],
 )
 def test_bad_flag_is_one_error_line_and_writes_nothing(tmp_path, capfd, flags, fragment):

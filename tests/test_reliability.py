@@ -465,3 +465,24 @@ def test_payload_pretrained_weights_are_refused_without_running(faces, tmp_path,
     assert_user_error(proc, str(pth), "refused")
     assert not sentinel.exists()
     assert_no_output(out)
+
+
+def test_benchmark_stand_ins_fine_tune_only_the_resnet50_on_expression(tmp_path, monkeypatch):
+    """benchmarks/ablation.py --expression_epochs N: the ResNet-50 stand-in with the expression fine-tuning, the
+    ResNet-18 identity-only; without it, one call for both, as before."""
+    from benchmarks import common
+
+    calls = []
+    monkeypatch.setattr(
+        common.subprocess, "run", lambda cmd, **kwargs: calls.append(cmd[2:]) or subprocess.CompletedProcess(cmd, 0)
+    )
+    out = str(tmp_path / "pre")
+    weights = common.identity_weights(out, str(tmp_path / "pretrain.log"), expression_epochs=8)
+    assert calls == [
+        ["--out", out, "--arch", "resnet50", "--expression_epochs", "8"],
+        ["--out", out, "--arch", "resnet18"],
+    ]
+    assert weights == {arch: os.path.join(out, name) for arch, name in common.FILES.items()}
+    calls.clear()
+    common.identity_weights(out)
+    assert calls == [["--out", out]]
