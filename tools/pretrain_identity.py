@@ -209,18 +209,17 @@ def _array_dataset():
     from torch.utils.data import Dataset
 
     class ArrayFaces(Dataset):
-        """In-memory uint8 images -> {"image", "label" (identity), "expression", "index"} through a transform."""
+        """In-memory uint8 images -> {"image", "label", "index"} through a torchvision transform."""
 
-        def __init__(self, images, labels, expressions, transform):
-            self.images, self.labels, self.expressions, self.transform = images, labels, expressions, transform
+        def __init__(self, images, labels, transform):
+            self.images, self.labels, self.transform = images, labels, transform
 
         def __len__(self):
             return len(self.images)
 
         def __getitem__(self, index):
             image = self.transform(Image.fromarray(self.images[index]))
-            label, expression = int(self.labels[index]), int(self.expressions[index])
-            return {"image": image, "label": label, "expression": expression, "index": index}
+            return {"image": image, "label": int(self.labels[index]), "index": index}
 
     return ArrayFaces
 
@@ -260,8 +259,8 @@ def _load_average():
         return None
 
 
-def _fit(arch, model, logits_of, target, loader, epochs, optimizer, scheduler, evaluate, name):
-    """``epochs`` epochs of cross-entropy (label smoothing) of ``logits_of(x)`` against ``batch[target]``, then
+def _fit(arch, model, logits_of, loader, epochs, optimizer, scheduler, evaluate, name):
+    """``epochs`` epochs of cross-entropy (label smoothing) of ``logits_of(x)`` against the labels, then
     ``evaluate()`` (a held-out accuracy) after each; returns the per-epoch log."""
     import torch.nn.functional as F
 
@@ -273,7 +272,7 @@ def _fit(arch, model, logits_of, target, loader, epochs, optimizer, scheduler, e
         tic = time.perf_counter()
         loss_sum = correct = seen = 0
         for batch in progress(loader, f"{arch} {name} epoch {epoch + 1}/{epochs}"):
-            y = batch[target]
+            y = batch["label"]
             logits = logits_of(_prepare(arch, batch["image"]))
             loss = F.cross_entropy(logits, y, label_smoothing=LABEL_SMOOTHING)
             optimizer.zero_grad(set_to_none=True)
@@ -303,15 +302,15 @@ def _fit(arch, model, logits_of, target, loader, epochs, optimizer, scheduler, e
     return log
 
 
-def _accuracy(logits_of, arch, loader, target):
+def _accuracy(logits_of, arch, loader):
     import torch
 
     correct = total = 0
     with torch.no_grad():
         for batch in loader:
             logits = logits_of(_prepare(arch, batch["image"]))
-            correct += int((logits.argmax(1) == batch[target]).sum())
-            total += len(batch[target])
+            correct += int((logits.argmax(1) == batch["label"]).sum())
+            total += len(batch["label"])
     return correct / max(1, total)
 
 
@@ -350,15 +349,15 @@ def train_arch(arch, args, data, norm):
     from dataset_concept import build_transform, make_loader
     from utils.labels import CLASSES_7
 
-    images, identity, expression, held_out = data
+    images, identity, _, held_out = data
     mean, std = norm
     ArrayFaces = _array_dataset()
     train_tf, eval_tf = (
         build_transform(True, args.input_size, mean, std),
         build_transform(False, args.input_size, mean, std),
     )
-    train_set = ArrayFaces(images[~held_out], identity[~held_out], expression[~held_out], train_tf)
-    eval_set = ArrayFaces(images[held_out], identity[held_out], expression[held_out], eval_tf)
+    train_set = ArrayFaces(images[~held_out], identity[~held_out], train_tf)
+    eval_set = ArrayFaces(images[held_out], identity[held_out], eval_tf)
 
     torch.manual_seed(args.seed * 1000 + ARCH_CODES[arch])
     generator = torch.Generator().manual_seed(args.seed * 1000 + ARCH_CODES[arch] + 1)
@@ -380,18 +379,16 @@ def train_arch(arch, args, data, norm):
 
     def identity_accuracy():
         model.eval()
-        return _accuracy(model, arch, eval_loader, "label")
+        return _accuracy(model, arch, eval_loader)
 
-    log = _fit(
-        arch, model, model, "label", train_loader, args.epochs, optimizer, scheduler, identity_accuracy, "identity"
-    )
+    log = _fit(arch, model, model, train_loader, args.epochs, optimizer, scheduler, identity_accuracy, "identity")
     result = {"heldout_identity_top1": log[-1]["heldout_identity_acc"] if log else 0.0}
     if args.expression_epochs > 0:
         # a 7-way expression head beside the identity fc, on the pooled features the fc reads (a hook captures
         # them); the whole network is fine-tuned, the head is not written to the file
         x_train, y_train, x_heldout, y_heldout = expression_faces(args.seed, args.expression_per_class, args.size)
-        expression_set = ArrayFaces(x_train, y_train, y_train, train_tf)
-        heldout_set = ArrayFaces(x_heldout, y_heldout, y_heldout, eval_tf)
+        expression_set = ArrayFaces(x_train, y_train, train_tf)
+        heldout_set = ArrayFaces(x_heldout, y_heldout, eval_tf)
         head = torch.nn.Linear(model.fc.in_features, len(CLASSES_7))
         pooled = {}
         hook = model.fc.register_forward_pre_hook(lambda _, inputs: pooled.__setitem__("features", inputs[0]))
@@ -402,7 +399,7 @@ def train_arch(arch, args, data, norm):
 
         def expression_accuracy():
             model.eval()
-            return _accuracy(expression_logits, arch, heldout_loader, "expression")
+            return _accuracy(expression_logits, arch, heldout_loader)
 
         generator = torch.Generator().manual_seed(args.seed * 1000 + ARCH_CODES[arch] + 2)
         batch_size = min(EXPRESSION_BATCH, len(expression_set))
@@ -417,7 +414,6 @@ def train_arch(arch, args, data, norm):
             arch,
             model,
             expression_logits,
-            "expression",
             loader,
             args.expression_epochs,
             optimizer,
