@@ -101,6 +101,13 @@ def parse_args(argv=None):
         help="fine-tune the ResNet-50 stand-in on the expressions of other people (tools/pretrain_identity.py "
         "--expression_epochs; README: 8); 0: identity only",
     )
+    parser.add_argument(
+        "--expression_identity_batch",
+        type=int,
+        default=0,
+        help="identity images carried with each expression batch of that fine-tuning, so the stand-in keeps its "
+        "identity (tools/pretrain_identity.py --expression_identity_batch; README: 32); 0: expression alone",
+    )
     parser.add_argument("--input_size", type=int, default=40)
     parser.add_argument("--train_per_class", type=int, default=80)
     parser.add_argument(
@@ -134,8 +141,9 @@ def parse_args(argv=None):
     args.seeds = seed_list(args.seeds)
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1 (got {args.jobs}).")
-    if args.expression_epochs < 0:
-        raise UserError(f"--expression_epochs cannot be negative (got {args.expression_epochs}).")
+    for name in ("expression_epochs", "expression_identity_batch"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name} cannot be negative (got {getattr(args, name)}).")
     return args
 
 
@@ -367,7 +375,12 @@ def main(argv=None):
     started = time.perf_counter()
     work = os.path.join(bench.out, "runs")
     hold_folder(work, "--out")  # a second ablation in the same folder would rebuild the faces under this one
-    weights = identity_weights(bench.pretrained_dir, os.path.join(work, "pretrain.log"), bench.expression_epochs)
+    weights = identity_weights(
+        bench.pretrained_dir,
+        os.path.join(work, "pretrain.log"),
+        bench.expression_epochs,
+        bench.expression_identity_batch,
+    )
     faces, val = os.path.join(work, "faces"), os.path.join(work, "faces_val")
     size = round(bench.input_size * 256 / 224) + 2
     make_dataset(
@@ -406,6 +419,8 @@ def main(argv=None):
         faces_made["teacher_per_class"] = bench.teacher_per_class
     if bench.expression_epochs:  # another ResNet-50 stand-in in the same file: every stage runs again
         faces_made["expression_epochs"] = bench.expression_epochs
+        if bench.expression_identity_batch:
+            faces_made["expression_identity_batch"] = bench.expression_identity_batch
     ctx = argparse.Namespace(
         work=work,
         weights=weights,

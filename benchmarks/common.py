@@ -44,19 +44,22 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
-def identity_weights(pretrained_dir: str, log=None, expression_epochs: int = 0) -> dict:
+def identity_weights(
+    pretrained_dir: str, log=None, expression_epochs: int = 0, expression_identity_batch: int = 0
+) -> dict:
     """The identity stand-ins {"resnet50": .pkl, "resnet18": .pth}, trained by tools/pretrain_identity.py
     (or reused from its cache) first; its output goes to ``log`` (a file path) or to the terminal. With
     ``expression_epochs`` the ResNet-50 is then fine-tuned on the expressions of other people (the tool's
-    ``--expression_epochs``: a teacher that knows more); the ResNet-18 stays identity-only."""
+    ``--expression_epochs``: a teacher that knows more; ``expression_identity_batch`` identity images ride with
+    each expression batch, the tool's ``--expression_identity_batch``); the ResNet-18 stays identity-only."""
     script = [sys.executable, os.path.join(REPO, "tools", "pretrain_identity.py"), "--out", pretrained_dir]
+    expression = ["--expression_epochs", str(expression_epochs)]
+    if expression_identity_batch:
+        expression += ["--expression_identity_batch", str(expression_identity_batch)]
     calls = (
         [script]
         if not expression_epochs
-        else [
-            [*script, "--arch", "resnet50", "--expression_epochs", str(expression_epochs)],
-            [*script, "--arch", "resnet18"],
-        ]
+        else [[*script, "--arch", "resnet50", *expression], [*script, "--arch", "resnet18"]]
     )
     with open(log, "w") if log else contextlib.nullcontext() as handle:
         for cmd in calls:

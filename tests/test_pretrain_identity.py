@@ -237,9 +237,23 @@ def test_expression_phase_fine_tunes_on_other_people_and_keeps_the_format(traine
     percept = PerceptNet(7, pretrained=str(out / PTH))
     for tensor in _backbone_tensors(percept, "layer4.1.bn2.running_mean"):
         assert torch.equal(tensor, state["layer4.1.bn2.running_mean"])
-    # and the fine-tuning changed the backbone that the identity-only file holds
+    # and the fine-tuning changed the backbone that the identity-only file holds; expression alone (the default)
+    # never reaches the identity fc
     before = torch.load(source / PTH, map_location="cpu", weights_only=True)["state_dict"]
     assert not torch.equal(before["layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])
+    assert "expression_identity_batch" not in entry["settings"]  # (its key is the one made before the option)
+    assert torch.equal(before["fc.weight"], state["fc.weight"])
+
+    # --expression_identity_batch 4: identity images ride with every expression batch and train the fc too
+    joint = tmp_path / "joint"
+    shutil.copytree(source, joint)
+    proc = run_inprocess([*args[:1], joint, *args[2:], "--expression_identity_batch", "4"], capfd)
+    assert proc.returncode == 0, proc.stderr
+    entry_joint = read_report(joint)["archs"]["resnet18"]
+    assert entry_joint["settings"]["expression_identity_batch"] == 4 and entry_joint["key"] != entry["key"]
+    state_joint = torch.load(joint / PTH, map_location="cpu", weights_only=True)["state_dict"]
+    assert not torch.equal(before["fc.weight"], state_joint["fc.weight"])
+    assert not torch.equal(state["layer4.1.conv2.weight"], state_joint["layer4.1.conv2.weight"])
 
 
 def test_expression_faces_are_other_people():
@@ -277,6 +291,7 @@ def test_deterministic_for_a_seed(tmp_path, capfd):
         (["--input_size", "64"], "--input_size"),
         (["--expression_epochs", "-1"], "--expression_epochs"),
         (["--expression_per_class", "0"], "--expression_per_class"),
+        (["--expression_identity_batch", "-1"], "--expression_identity_batch"),
     ],
 )
 def test_bad_flag_is_one_error_line_and_writes_nothing(tmp_path, capfd, flags, fragment):

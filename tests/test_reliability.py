@@ -468,8 +468,8 @@ def test_payload_pretrained_weights_are_refused_without_running(faces, tmp_path,
 
 
 def test_benchmark_stand_ins_fine_tune_only_the_resnet50_on_expression(tmp_path, monkeypatch):
-    """benchmarks/ablation.py --expression_epochs N: the ResNet-50 stand-in with the expression fine-tuning, the
-    ResNet-18 identity-only; without it, one call for both, as before."""
+    """benchmarks/ablation.py --expression_epochs N [--expression_identity_batch B]: the ResNet-50 stand-in with the
+    expression fine-tuning, the ResNet-18 identity-only; without it, one call for both, as before."""
     from benchmarks import common
 
     calls = []
@@ -483,6 +483,12 @@ def test_benchmark_stand_ins_fine_tune_only_the_resnet50_on_expression(tmp_path,
         ["--out", out, "--arch", "resnet18"],
     ]
     assert weights == {arch: os.path.join(out, name) for arch, name in common.FILES.items()}
+    calls.clear()
+    common.identity_weights(out, expression_epochs=4, expression_identity_batch=32)  # make demo's ResNet-50
+    assert calls == [
+        ["--out", out, "--arch", "resnet50", "--expression_epochs", "4", "--expression_identity_batch", "32"],
+        ["--out", out, "--arch", "resnet18"],
+    ]
     calls.clear()
     common.identity_weights(out)
     assert calls == [["--out", out]]
