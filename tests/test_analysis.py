@@ -32,6 +32,27 @@ def test_probe_reads_a_perfect_code_and_not_noise():
     assert abs(noise["acc"] - 25.0) <= 15.0
 
 
+def test_probe_fits_small_problems_on_one_blas_thread(monkeypatch):
+    import threadpoolctl
+
+    import utils.analysis as analysis
+
+    seen = []
+
+    def record(limits=None):
+        seen.append(limits)
+        return threadpoolctl.threadpool_limits(limits)
+
+    monkeypatch.setattr(analysis, "threadpool_limits", record)
+    train_y = np.repeat(np.arange(4), 50)
+    x = np.eye(4)[train_y] * 3.0 + np.random.default_rng(0).normal(0, 0.1, (200, 4))
+    small = analysis.probe(x, train_y, x, train_y)
+    monkeypatch.setattr(analysis, "SMALL_PROBE", 200 * 4 * 4)  # this probe is now "large": every thread stays
+    large = analysis.probe(x, train_y, x, train_y)
+    assert seen == [1, None]
+    assert small["acc"] == large["acc"] == 100.0
+
+
 def test_probe_chance_is_the_majority_answer_on_the_held_out_labels():
     train_y = np.array([0, 1, 1, 1, 2, 2])  # majority label 1
     test_y = np.array([1, 1, 0, 2, 2])  # 2 of 5 are 1
