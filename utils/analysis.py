@@ -38,10 +38,11 @@ def probe(train_x, train_y, test_x, test_y, C: float = 1.0, max_iter: int = 300)
     "converged"} (``converged``: L-BFGS stopped before ``max_iter``; separable labels may not)."""
     train_x, test_x = np.asarray(train_x, dtype=np.float64), np.asarray(test_x, dtype=np.float64)
     train_y, test_y = np.asarray(train_y), np.asarray(test_y)
-    if len(np.unique(train_y)) < 2:
+    labels = len(np.unique(train_y))
+    if labels < 2:
         raise ValueError("a probe needs at least two labels among its training samples")
     model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
-    size = train_x.shape[0] * train_x.shape[1] * len(np.unique(train_y))
+    size = train_x.shape[0] * train_x.shape[1] * labels
     with warnings.catch_warnings(), threadpool_limits(1 if size < SMALL_PROBE else None):
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(train_x, train_y)
@@ -50,7 +51,7 @@ def probe(train_x, train_y, test_x, test_y, C: float = 1.0, max_iter: int = 300)
         "chance": _majority_rate(train_y, test_y),
         "n_train": int(len(train_y)),
         "n_test": int(len(test_y)),
-        "labels": int(len(np.unique(train_y))),
+        "labels": labels,
         "converged": bool(np.max(model[-1].n_iter_) < max_iter),
     }
 
