@@ -31,12 +31,25 @@ def main(argv=None):
             "or pass --pretrained none to train from scratch.",
         )
     )
+    non_emotion = (
+        None
+        if args.eval or args.non_emotion_pretrained == "same"
+        else existing_file(
+            args.non_emotion_pretrained,
+            "non-emotion encoder weights",
+            "pass a ResNet-50 file of the --pretrained format, or --non_emotion_pretrained same.",
+        )
+    )
     splits, mean, std = build_splits(args)
     classes = splits["train"].classes
     focal_alpha = resolve_focal_alpha(args.focal_alpha, classes, splits["train"].targets, args.dataset)
 
     model = ConceptNet(
-        len(classes), pretrained, nonemotion_bn_update=args.nonemotion_bn_update, classifier_input=args.classifier_input
+        len(classes),
+        pretrained,
+        nonemotion_bn_update=args.nonemotion_bn_update,
+        classifier_input=args.classifier_input,
+        non_emotion_pretrained=non_emotion,
     )
     meta = {
         "model": "ConceptNet",
@@ -50,6 +63,7 @@ def main(argv=None):
         "val_split": args.val_record,  # the training images held out (--val_split): stages 2 and 3 re-derive them
         "focal_alpha": focal_alpha,
         "pretrained_sha256": model.weights_sha256,
+        "non_emotion_pretrained_sha256": model.non_emotion_weights_sha256,
     }
     prepare_resume(args, meta)  # before anything is written
     trainer = Trainer(args, model, ConceptObjective(args, len(classes), focal_alpha, args.device_obj), meta)
@@ -64,7 +78,7 @@ def main(argv=None):
         f"{', '.join(f'{s} {len(d)}' for s, d in splits.items() if s != 'train')}, classes {classes}, "
         f"lr {args.lr:g}, focal alpha {focal_alpha}"
     )
-    write_config(args, {"pretrained": pretrained})
+    write_config(args, {"pretrained": pretrained, "non_emotion_pretrained": non_emotion})
     trainer.fit(loader, sampler, eval_loaders, classes, args.epochs)
     du.cleanup()
 

@@ -88,7 +88,9 @@ class ConceptNet(nn.Module):
     """Emotion encoder E (trainable), non-emotion encoder N (frozen backbone, trainable head), classifier.
 
     ``pretrained``: path to ``resnet50_ft_weight.pkl`` (loaded into both backbones; its sha256 is kept in
-    ``self.weights_sha256``) or None for random initialisation. The non-emotion backbone stays in eval
+    ``self.weights_sha256``) or None for random initialisation. ``non_emotion_pretrained``: another file of the
+    same format for the non-emotion backbone alone (sha256 in ``self.non_emotion_weights_sha256``); None: the
+    same start as the emotion backbone. The non-emotion backbone stays in eval
     mode under ``train()``; ``nonemotion_bn_update=True`` reproduces the reference, whose frozen backbone
     still updates its BatchNorm statistics.
     """
@@ -100,6 +102,7 @@ class ConceptNet(nn.Module):
         num_classes: int,
         pretrained: str | None = None,
         nonemotion_bn_update: bool = False,
+        non_emotion_pretrained: str | None = None,
         dim: int = 256,
         dropout: float = 0.4,
         classifier_input: str = "scaled",
@@ -109,9 +112,15 @@ class ConceptNet(nn.Module):
         self.nonemotion_bn_update = nonemotion_bn_update
         spec = backbone_spec(self.BACKBONE)
         emotion_backbone, self.weights_sha256 = build_backbone(self.BACKBONE, pretrained)
-        non_emotion_backbone, _ = build_backbone(self.BACKBONE)
-        if pretrained is not None:  # both start from the same face-identity weights
-            non_emotion_backbone.load_state_dict(emotion_backbone.state_dict())
+        if non_emotion_pretrained is not None:
+            non_emotion_backbone, self.non_emotion_weights_sha256 = build_backbone(
+                self.BACKBONE, non_emotion_pretrained
+            )
+        else:
+            non_emotion_backbone, _ = build_backbone(self.BACKBONE)
+            self.non_emotion_weights_sha256 = self.weights_sha256
+            if pretrained is not None:  # both start from the same face-identity weights
+                non_emotion_backbone.load_state_dict(emotion_backbone.state_dict())
 
         self.emotion = Encoder(emotion_backbone, spec.width, dim, dropout, flip_bgr=spec.bgr)
         self.non_emotion = Encoder(non_emotion_backbone, spec.width, dim, dropout, flip_bgr=spec.bgr)

@@ -499,6 +499,24 @@ def test_concept_net_pretrained_loads_both_backbones(vggface2_pkl, vggface2_arra
     assert model.emotion.backbone.conv1.weight.data_ptr() != model.non_emotion.backbone.conv1.weight.data_ptr()
 
 
+def test_concept_net_non_emotion_encoder_from_its_own_file(tmp_path, vggface2_pkl, vggface2_arrays):
+    """--non_emotion_pretrained: the non-emotion backbone reads another file of the same format, the emotion
+    backbone still --pretrained; each sha256 is kept."""
+    other_arrays = _randomised_state(torchvision.models.resnet50(weights=None, num_classes=5), seed=2)
+    other = tmp_path / "other_resnet50_ft_weight.pkl"
+    other.write_bytes(_python2_style_pickle(other_arrays))
+    model = ConceptNet(7, pretrained=str(vggface2_pkl), non_emotion_pretrained=str(other))
+    assert model.weights_sha256 == sha256_file(vggface2_pkl)
+    assert model.non_emotion_weights_sha256 == sha256_file(other)
+    emotion, non_emotion = model.emotion.backbone.state_dict(), model.non_emotion.backbone.state_dict()
+    for name in ("conv1.weight", "bn1.running_var", "layer4.2.bn3.bias"):
+        assert torch.equal(emotion[name], torch.from_numpy(vggface2_arrays[name])), name
+        assert torch.equal(non_emotion[name], torch.from_numpy(other_arrays[name])), name
+    assert not any(p.requires_grad for p in model.non_emotion.backbone.parameters())
+    # without it, both start from --pretrained, and the recorded sha256 says so
+    assert ConceptNet(7, pretrained=str(vggface2_pkl)).non_emotion_weights_sha256 == sha256_file(vggface2_pkl)
+
+
 def test_concept_net_missing_weights_is_user_error(tmp_path):
     with pytest.raises(UserError, match="pretrained/README.md"):
         ConceptNet(7, pretrained=str(tmp_path / "resnet50_ft_weight.pkl"))

@@ -161,6 +161,8 @@ def test_stage1_user_errors(faces, tmp_path):
     assert_user_error(proc, "missing")
     proc = run_script("main_concept.py", concept_args(faces, out, 1, "--pretrained", tmp_path / "nope.pkl"))
     assert_user_error(proc, "nope.pkl", "pretrained/README.md")
+    proc = run_script("main_concept.py", concept_args(faces, out, 1, "--non_emotion_pretrained", tmp_path / "n.pkl"))
+    assert_user_error(proc, "non-emotion encoder weights", "n.pkl", "--non_emotion_pretrained same")
     proc = run_script("main_concept.py", concept_args(faces, out, 1, "--batch_size", -1))
     assert_user_error(proc, "--batch_size")
     proc = run_script("main_concept.py", concept_args(faces, out, 1, "--focal_alpha", "0.5,0.5"))

@@ -162,6 +162,12 @@ def concept_parser() -> argparse.ArgumentParser:
         default=os.path.join("pretrained", "resnet50_ft_weight.pkl"),
         help="VGGFace2 ResNet-50 pickle for both encoders, or 'none' to start from random weights",
     )
+    method.add_argument(
+        "--non_emotion_pretrained",
+        default="same",
+        help="another ResNet-50 pickle of the same format for the frozen non-emotion encoder alone (the emotion "
+        "encoder still starts from --pretrained); 'same': --pretrained, as in the paper",
+    )
     method.add_argument("--alpha", type=float, default=0.1, help="weight of L_orth")
     method.add_argument("--beta", type=float, default=1.0, help="weight of L_focal + L_RR")
     method.add_argument("--gamma", type=float, default=0.01, help="weight of L_CC")
