@@ -108,6 +108,12 @@ def parse_args(argv=None):
         help="identity images carried with each expression batch of that fine-tuning, so the stand-in keeps its "
         "identity (tools/pretrain_identity.py --expression_identity_batch; README: 32); 0: expression alone",
     )
+    parser.add_argument(
+        "--non_emotion_identity_only",
+        action="store_true",
+        help="with --expression_epochs: the concept model's non-emotion encoder starts from the ResNet-50 stand-in "
+        "as it was before that fine-tuning (main_concept.py --non_emotion_pretrained; as make demo)",
+    )
     parser.add_argument("--input_size", type=int, default=40)
     parser.add_argument("--train_per_class", type=int, default=80)
     parser.add_argument(
@@ -144,6 +150,8 @@ def parse_args(argv=None):
     for name in ("expression_epochs", "expression_identity_batch"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name} cannot be negative (got {getattr(args, name)}).")
+    if args.non_emotion_identity_only and not args.expression_epochs:
+        raise UserError("--non_emotion_identity_only needs --expression_epochs (without it there is one stand-in).")
     return args
 
 
@@ -287,6 +295,8 @@ def seed_runs(bench, ctx, seed):
         if bench.teacher == "weak"
         else ["--pretrained", ctx.weights["resnet50"], "--epochs", bench.epochs_concept]
     )
+    if bench.non_emotion_identity_only and bench.teacher != "weak":
+        teacher += ["--non_emotion_pretrained", ctx.weights["resnet50_identity_only"]]
     teacher_run = run(
         "main_concept.py",
         [

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from tools.pretrain_identity import DEFAULT_OUT, FILES
+from tools.pretrain_identity import DEFAULT_OUT, FILES, IDENTITY_ONLY_FILES
 from utils.checkpoint import atomic_write_bytes, write_json
 from utils.errors import UserError
 
@@ -51,7 +51,8 @@ def identity_weights(
     (or reused from its cache) first; its output goes to ``log`` (a file path) or to the terminal. With
     ``expression_epochs`` the ResNet-50 is then fine-tuned on the expressions of other people (the tool's
     ``--expression_epochs``: a teacher that knows more; ``expression_identity_batch`` identity images ride with
-    each expression batch, the tool's ``--expression_identity_batch``); the ResNet-18 stays identity-only."""
+    each expression batch, the tool's ``--expression_identity_batch``) and the result also holds
+    "resnet50_identity_only", the same network before that fine-tuning; the ResNet-18 stays identity-only."""
     script = [sys.executable, os.path.join(REPO, "tools", "pretrain_identity.py"), "--out", pretrained_dir]
     expression = ["--expression_epochs", str(expression_epochs)]
     if expression_identity_batch:
@@ -66,7 +67,10 @@ def identity_weights(
             proc = subprocess.run(cmd, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT if log else None)
             if proc.returncode != 0:
                 raise UserError("tools/pretrain_identity.py failed; run it alone to see why.")
-    return {arch: os.path.join(pretrained_dir, name) for arch, name in FILES.items()}
+    weights = {arch: os.path.join(pretrained_dir, name) for arch, name in FILES.items()}
+    if expression_epochs:
+        weights["resnet50_identity_only"] = os.path.join(pretrained_dir, IDENTITY_ONLY_FILES["resnet50"])
+    return weights
 
 
 def mean_std(values) -> tuple[float, float]:

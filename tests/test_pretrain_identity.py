@@ -243,6 +243,18 @@ def test_expression_phase_fine_tunes_on_other_people_and_keeps_the_format(traine
     assert not torch.equal(before["layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])
     assert "expression_identity_batch" not in entry["settings"]  # (its key is the one made before the option)
     assert torch.equal(before["fc.weight"], state["fc.weight"])
+    # beside it, the network as it was before the fine-tuning: byte for byte the identity-only run's file, with
+    # that run's settings and key, loading through the real loader
+    only = out / pi.IDENTITY_ONLY_FILES["resnet18"]
+    assert only.name == "synthetic-identity-only_resnet18_msceleb.pth"
+    assert sha256(only) == sha256(source / PTH) == entry["identity_only"]["sha256"]
+    assert entry["identity_only"]["key"] == identity_only["key"]
+    assert PerceptNet(7, pretrained=str(only)).weights_sha256 == sha256(only)
+    # a rerun reuses both; without the identity-only file the cache does not hold, and it trains again
+    assert "reusing" in run_inprocess(args, capfd).stdout
+    os.remove(only)
+    proc = run_inprocess(args, capfd)
+    assert proc.returncode == 0 and "reusing" not in proc.stdout and sha256(only) == sha256(source / PTH)
 
     # --expression_identity_batch 4: identity images ride with every expression batch and train the fc too
     joint = tmp_path / "joint"

@@ -369,6 +369,30 @@ def test_ablation_runs_seeds_at_once_and_keeps_each_seeds_figures(tmp_path, monk
         ablation.parse_args(["--jobs", "0"])
 
 
+def test_ablation_non_emotion_identity_only_reaches_stage_1(tmp_path, monkeypatch):
+    """--non_emotion_identity_only: stage 1's non-emotion encoder reads the stand-in as it was before the expression
+    fine-tuning (and only stage 1 gets the flag); without --expression_epochs it is one sentence."""
+    import benchmarks.ablation as ablation
+
+    calls = []
+    monkeypatch.setattr(
+        ablation, "run", lambda script, argv, *a, **k: calls.append((script, [str(x) for x in argv])) or {}
+    )
+    figures = ("epoch", "val_acc", "test_acc", "test_mean_class_acc", "final_test_acc")
+    monkeypatch.setattr(ablation, "selected", lambda _: dict.fromkeys(figures, 1.0))
+    monkeypatch.setattr(ablation, "make_dataset", lambda *a, **k: None)
+    weights = {"resnet50": "r50.pkl", "resnet18": "r18.pth", "resnet50_identity_only": "r50-id.pkl"}
+    monkeypatch.setattr(ablation, "identity_weights", lambda *a, **k: weights)
+    args = ["--seeds", "0", "--variants", "baseline", "--expression_epochs", "4", "--out", str(tmp_path / "b")]
+    ablation.main([*args, "--non_emotion_identity_only"])
+    stage1 = [argv for script, argv in calls if script == "main_concept.py"]
+    assert len(stage1) == 1 and stage1[0][stage1[0].index("--pretrained") + 1] == "r50.pkl"
+    assert stage1[0][stage1[0].index("--non_emotion_pretrained") + 1] == "r50-id.pkl"
+    assert not any("--non_emotion_pretrained" in argv for script, argv in calls if script != "main_concept.py")
+    with pytest.raises(UserError, match="needs --expression_epochs"):
+        ablation.parse_args(["--non_emotion_identity_only"])
+
+
 def test_every_ablation_variant_is_a_valid_stage3_command():
     """An hours-long benchmark must not fail at its first stage-3 run of a variant: each variant's flags parse in
     main_percept.py's parser, and the combined variant is the calibrated target with the KL weight 4."""
@@ -482,7 +506,11 @@ def test_benchmark_stand_ins_fine_tune_only_the_resnet50_on_expression(tmp_path,
         ["--out", out, "--arch", "resnet50", "--expression_epochs", "8"],
         ["--out", out, "--arch", "resnet18"],
     ]
-    assert weights == {arch: os.path.join(out, name) for arch, name in common.FILES.items()}
+    assert weights == {
+        "resnet50": os.path.join(out, "synthetic-identity_resnet50_ft_weight.pkl"),
+        "resnet18": os.path.join(out, "synthetic-identity_resnet18_msceleb.pth"),
+        "resnet50_identity_only": os.path.join(out, "synthetic-identity-only_resnet50_ft_weight.pkl"),
+    }
     calls.clear()
     common.identity_weights(out, expression_epochs=4, expression_identity_batch=32)  # make demo's ResNet-50
     assert calls == [
@@ -490,5 +518,5 @@ def test_benchmark_stand_ins_fine_tune_only_the_resnet50_on_expression(tmp_path,
         ["--out", out, "--arch", "resnet18"],
     ]
     calls.clear()
-    common.identity_weights(out)
+    assert set(common.identity_weights(out)) == {"resnet50", "resnet18"}
     assert calls == [["--out", out]]

@@ -53,6 +53,7 @@ Usage: ``python tools/pretrain_identity.py [--out output/pretrained_synthetic] [
 """
 
 import argparse
+import copy
 import hashlib
 import json
 import math
@@ -70,6 +71,8 @@ from utils.files import sha256_file  # noqa: E402
 RECIPE_VERSION = 1
 ARCHS = ("resnet50", "resnet18")
 FILES = {"resnet50": "synthetic-identity_resnet50_ft_weight.pkl", "resnet18": "synthetic-identity_resnet18_msceleb.pth"}
+# with --expression_epochs, the network as it was before the expression fine-tuning (identity only), also written
+IDENTITY_ONLY_FILES = {arch: name.replace("identity_", "identity-only_") for arch, name in FILES.items()}
 REPORT = "identity_pretrain.json"
 DEFAULT_OUT = os.path.join("output", "pretrained_synthetic")
 HOLDOUT_EVERY = 5  # image j of a person is held out when j % 5 == 4
@@ -134,12 +137,18 @@ def read_report(out):
 
 
 def reusable(report, out, arch, key):
-    """Whether ``out`` holds ``arch``'s file made with the settings of ``key``, unchanged since."""
+    """Whether ``out`` holds ``arch``'s file made with the settings of ``key`` (and, after an expression
+    fine-tuning, its identity-only file), unchanged since."""
     entry = report.get("archs", {}).get(arch)
-    path = os.path.join(out, FILES[arch])
-    if not isinstance(entry, dict) or entry.get("key") != key or not os.path.isfile(path):
+    if not isinstance(entry, dict) or entry.get("key") != key:
         return False
-    return entry.get("sha256") == sha256_file(path)
+    files = {FILES[arch]: entry.get("sha256")}
+    if "identity_only" in entry:
+        files[IDENTITY_ONLY_FILES[arch]] = entry["identity_only"].get("sha256")
+    return all(
+        os.path.isfile(os.path.join(out, name)) and sha256_file(os.path.join(out, name)) == digest
+        for name, digest in files.items()
+    )
 
 
 # --------------------------------------------------------------------------- data
@@ -356,8 +365,9 @@ def expression_faces(seed, per_class, size):
 
 
 def train_arch(arch, args, data, norm):
-    """Train ``arch`` on identity, then (``--expression_epochs``) on expression; returns (model, record) with
-    the per-epoch logs and the held-out accuracies."""
+    """Train ``arch`` on identity, then (``--expression_epochs``) on expression; returns (model, record with
+    the per-epoch logs and the held-out accuracies, the model as it was before the expression fine-tuning or None
+    without one)."""
     import torch
 
     from dataset_concept import build_transform, make_loader
@@ -403,7 +413,9 @@ def train_arch(arch, args, data, norm):
         arch, model, identity_loss, train_loader, args.epochs, optimizer, scheduler, identity_accuracy, "identity"
     )
     result = {"heldout_identity_top1": log[-1]["heldout_identity_acc"] if log else 0.0}
+    identity_only = None
     if args.expression_epochs > 0:
+        identity_only = copy.deepcopy(model).eval()  # written beside the fine-tuned file
         # a 7-way expression head beside the identity fc, on the pooled features the fc reads (a hook captures
         # them); the whole network is fine-tuned, the head is not written to the file. With
         # --expression_identity_batch B > 0 every step also carries B identity images of the training people
@@ -488,7 +500,7 @@ def train_arch(arch, args, data, norm):
         load_average_after=_load_average(),
         epochs_log=log,
     )
-    return model.eval(), result
+    return model.eval(), result, identity_only
 
 
 # --------------------------------------------------------------------------- writing
@@ -544,6 +556,28 @@ def resnet18_checkpoint(model, metadata):
     state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     torch.save({"state_dict": state, **metadata}, buffer)
     return buffer.getvalue()
+
+
+def write_weights(network, out, name, settings, key, norm, result):
+    """Write ``network`` (settings ``settings``, cache key ``key``) in its architecture's real format to
+    OUT/``name`` (atomically); returns (sha256, bytes)."""
+    from utils.checkpoint import atomic_write_bytes
+
+    arch = settings["arch"]
+    metadata = {
+        "arch": arch,
+        "num_classes": settings["identities"],
+        "input": "BGR" if arch == "resnet50" else "RGB",
+        "norm_mean_rgb": norm[0],
+        "norm_std_rgb": norm[1],
+        "settings": settings,
+        "key": key,
+        "heldout_identity_top1": result["heldout_identity_top1"],
+        "what": "synthetic-identity stand-in (tools/pretrain_identity.py), not real MS-Celeb-1M weights",
+    }
+    blob = resnet50_pickle(network) if arch == "resnet50" else resnet18_checkpoint(network, metadata)
+    atomic_write_bytes(os.path.join(out, name), blob)
+    return hashlib.sha256(blob).hexdigest(), len(blob)
 
 
 def check_writable(out):
@@ -659,7 +693,7 @@ def pretrain(args):
         return report
     check_writable(out)
 
-    from utils.checkpoint import atomic_write_bytes, remove_stale_temporaries, write_json
+    from utils.checkpoint import remove_stale_temporaries, write_json
 
     remove_stale_temporaries(out)
     tic = time.perf_counter()
@@ -691,31 +725,34 @@ def pretrain(args):
             ),
             flush=True,
         )
-        model, result = train_arch(arch, args, data, norm)
-        metadata = {
-            "arch": arch,
-            "num_classes": args.identities,
-            "input": "BGR" if arch == "resnet50" else "RGB",
-            "norm_mean_rgb": norm[0],
-            "norm_std_rgb": norm[1],
-            "settings": settings,
-            "key": keys[arch],
-            "heldout_identity_top1": result["heldout_identity_top1"],
-            "what": "synthetic-identity stand-in (tools/pretrain_identity.py), not real MS-Celeb-1M weights",
-        }
-        blob = resnet50_pickle(model) if arch == "resnet50" else resnet18_checkpoint(model, metadata)
+        model, result, identity_only = train_arch(arch, args, data, norm)
+
+        extra = {}
+        if identity_only is not None:  # its settings and key are those of the same run without the fine-tuning
+            plain = settings_for(argparse.Namespace(**{**vars(args), "expression_epochs": 0}), arch)
+            digest, size = write_weights(
+                identity_only, out, IDENTITY_ONLY_FILES[arch], plain, cache_key(plain), norm, result
+            )
+            extra["identity_only"] = {
+                "file": IDENTITY_ONLY_FILES[arch],
+                "key": cache_key(plain),
+                "sha256": digest,
+                "bytes": size,
+                "heldout_identity_top1": result["heldout_identity_top1"],
+            }
         path = os.path.join(out, FILES[arch])
-        atomic_write_bytes(path, blob)
+        digest, size = write_weights(model, out, FILES[arch], settings, keys[arch], norm, result)
         entry = {
             "file": FILES[arch],
             "key": keys[arch],
             "settings": settings,
-            "sha256": hashlib.sha256(blob).hexdigest(),
-            "bytes": len(blob),
-            "input_channels": metadata["input"],
+            "sha256": digest,
+            "bytes": size,
+            "input_channels": "BGR" if arch == "resnet50" else "RGB",
             "norm_mean_rgb": norm[0],
             "norm_std_rgb": norm[1],
             **result,
+            **extra,
         }
         report["archs"][arch] = entry
         write_json(os.path.join(out, REPORT), report)  # after each network: a kill keeps what is done
@@ -729,7 +766,8 @@ def pretrain(args):
                 if "heldout_expression_top1" in result
                 else ""
             )
-            + f", trained in {result['train_seconds']:.0f} s; wrote {path}",
+            + f", trained in {result['train_seconds']:.0f} s; wrote {path}"
+            + (f" and, as it was before the expression, {IDENTITY_ONLY_FILES[arch]}" if extra else ""),
             flush=True,
         )
     return report
