@@ -18,17 +18,19 @@ COMMON=(--input_size "$SIZE" --batch_size 32 --lr 1e-3 --lr_schedule cosine --no
         --data_path "$FACES/train" --eval_data_path "$VAL/test" --test_data_path "$FACES/test")
 start=$(date +%s)
 # 1. face-identity stand-ins for the VGGFace2 ResNet-50 and the MS-Celeb ResNet-18 (cached by their settings); the
-# ResNet-50 also learns the expressions of 420 other people while it keeps learning identity, so that the teacher
-# knows more than its student can learn from the training faces, as the paper's VGGFace2 teacher does (README,
-# "A teacher that knows more, cached in its stand-in")
-"$PY" tools/pretrain_identity.py --out "$PRE" --arch resnet50 --expression_epochs 4 --expression_identity_batch 32
+# ResNet-50 then also learns the expressions of 420 other people, so that the teacher knows more than its student can
+# learn from the training faces, as the paper's VGGFace2 teacher does; the tool also writes it as it was before that
+# (identity only), which the concept model's frozen non-emotion encoder reads (README, "A teacher that knows more,
+# cached in its stand-in")
+"$PY" tools/pretrain_identity.py --out "$PRE" --arch resnet50 --expression_epochs 4
 "$PY" tools/pretrain_identity.py --out "$PRE" --arch resnet18
 # 2. the expression data: train/test faces, and validation faces of another seed that choose the best epoch
 "$PY" tools/make_synthetic_faces.py --out "$FACES" --seed 0 --size 48 --train_per_class 80 --test_per_class "$EVAL_PER_CLASS"
 "$PY" tools/make_synthetic_faces.py --out "$VAL" --seed 1000 --size 48 --train_per_class 1 --test_per_class "$EVAL_PER_CLASS"
 # 3. the three stages and the baseline
 "$PY" main_concept.py --epochs "$EPOCHS1" --focal_alpha auto --output_dir "$OUT/concept" \
-    --pretrained "$PRE/synthetic-identity_resnet50_ft_weight.pkl" "${COMMON[@]}"
+    --pretrained "$PRE/synthetic-identity_resnet50_ft_weight.pkl" \
+    --non_emotion_pretrained "$PRE/synthetic-identity-only_resnet50_ft_weight.pkl" "${COMMON[@]}"
 "$PY" high_confidence.py --concept_ckpt "$OUT/concept/checkpoint-best.pth" --data_path "$FACES/train" \
     --output_dir "$OUT/confidence" "${WORKERS[@]}"
 # CRPN with the pooled concepts of stage 2's bank (no concept forward pass) and the KL target calibrated on the
