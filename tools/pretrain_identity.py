@@ -20,9 +20,12 @@ paper's VGGFace2 teacher does, at no cost to the stages; but the fine-tuning tak
 the features (a fresh linear probe: 69 % -> 19 %), and the frozen non-emotion encoder reads them.
 ``--expression_identity_batch B`` carries B images of the identity training with every expression batch (one
 forward pass, the two cross-entropies summed) so that the features keep their identity; at B = 32 they do (86.8 %
-held-out identity afterwards) but learn much less expression (30.0 % against 45.2 %). ``make demo`` trains its
-ResNet-50 with ``--expression_epochs 4 --expression_identity_batch 32`` and its ResNet-18 on identity alone
-(README, "A teacher that knows more, cached in its stand-in").
+held-out identity afterwards) but learn much less expression (30.0 % against 45.2 %). With
+``--expression_epochs`` the tool also writes the network as it was before the fine-tuning (identity only), so the
+frozen non-emotion encoder can start from that (main_concept.py --non_emotion_pretrained): ``make demo`` trains
+its ResNet-50 with ``--expression_epochs 4`` (expression alone) for the emotion encoder, gives the identity-only
+file to the non-emotion encoder, and trains its ResNet-18 on identity alone (README, "A teacher that knows more,
+cached in its stand-in").
 
 Output (``--out``, default ``output/pretrained_synthetic``; not ``pretrained/``, which holds users' real files)::
 
@@ -32,6 +35,9 @@ Output (``--out``, default ``output/pretrained_synthetic``; not ``pretrained/``,
     OUT/synthetic-identity_resnet18_msceleb.pth     torch.save({"state_dict": ..., plain metadata}), fc of
                                                     --identities outputs; format of resnet18_msceleb.pth
                                                     (main_percept.py --pretrained PATH); RGB input
+    OUT/synthetic-identity-only_<as above>          with --expression_epochs: the same network before the
+                                                    expression fine-tuning, byte for byte the file of the run
+                                                    without --expression_epochs
     OUT/identity_pretrain.json                      settings, cache key, held-out identity accuracy, train
                                                     time and sha256 of each file (per architecture)
 
@@ -42,7 +48,8 @@ fed BGR (the channels of the RGB tensor reversed, exactly as models.concept.Enco
 what a real VGGFace2 file means. The defaults take about 4 minutes on 2 idle CPU cores (ResNet-50 about
 2.5, ResNet-18 about 1) and reach about 70-80% held-out identity accuracy over 100 people (chance 1%);
 ``--expression_epochs 8`` adds about 3 minutes to the ResNet-50 (the expression phase: AdamW lr 1e-3, batch 32,
-cosine to 0 per step), ``--expression_epochs 4 --expression_identity_batch 32`` (``make demo``'s) about 2.
+cosine to 0 per step), ``--expression_epochs 4`` (``make demo``'s) about 1.5, ``--expression_epochs 4
+--expression_identity_batch 32`` about 2.5.
 
 Every image has its own random stream keyed by (seed, identity, image), and training is seeded, so a seed
 gives the same files (for the same number of torch threads). A rerun with the same settings reuses files
@@ -71,6 +78,7 @@ from utils.files import sha256_file  # noqa: E402
 RECIPE_VERSION = 1
 ARCHS = ("resnet50", "resnet18")
 FILES = {"resnet50": "synthetic-identity_resnet50_ft_weight.pkl", "resnet18": "synthetic-identity_resnet18_msceleb.pth"}
+INPUT_CHANNELS = {"resnet50": "BGR", "resnet18": "RGB"}  # what each real file's network was trained on
 # with --expression_epochs, the network as it was before the expression fine-tuning (identity only), also written
 IDENTITY_ONLY_FILES = {arch: name.replace("identity_", "identity-only_") for arch, name in FILES.items()}
 REPORT = "identity_pretrain.json"
@@ -558,21 +566,21 @@ def resnet18_checkpoint(model, metadata):
     return buffer.getvalue()
 
 
-def write_weights(network, out, name, settings, key, norm, result):
-    """Write ``network`` (settings ``settings``, cache key ``key``) in its architecture's real format to
-    OUT/``name`` (atomically); returns (sha256, bytes)."""
+def write_weights(network, out, name, settings, norm, heldout_top1):
+    """Write ``network``, trained with ``settings``, in its architecture's real format to OUT/``name``
+    (atomically); returns (sha256, bytes)."""
     from utils.checkpoint import atomic_write_bytes
 
     arch = settings["arch"]
     metadata = {
         "arch": arch,
         "num_classes": settings["identities"],
-        "input": "BGR" if arch == "resnet50" else "RGB",
+        "input": INPUT_CHANNELS[arch],
         "norm_mean_rgb": norm[0],
         "norm_std_rgb": norm[1],
         "settings": settings,
-        "key": key,
-        "heldout_identity_top1": result["heldout_identity_top1"],
+        "key": cache_key(settings),
+        "heldout_identity_top1": heldout_top1,
         "what": "synthetic-identity stand-in (tools/pretrain_identity.py), not real MS-Celeb-1M weights",
     }
     blob = resnet50_pickle(network) if arch == "resnet50" else resnet18_checkpoint(network, metadata)
@@ -731,7 +739,7 @@ def pretrain(args):
         if identity_only is not None:  # its settings and key are those of the same run without the fine-tuning
             plain = settings_for(argparse.Namespace(**{**vars(args), "expression_epochs": 0}), arch)
             digest, size = write_weights(
-                identity_only, out, IDENTITY_ONLY_FILES[arch], plain, cache_key(plain), norm, result
+                identity_only, out, IDENTITY_ONLY_FILES[arch], plain, norm, result["heldout_identity_top1"]
             )
             extra["identity_only"] = {
                 "file": IDENTITY_ONLY_FILES[arch],
@@ -741,14 +749,14 @@ def pretrain(args):
                 "heldout_identity_top1": result["heldout_identity_top1"],
             }
         path = os.path.join(out, FILES[arch])
-        digest, size = write_weights(model, out, FILES[arch], settings, keys[arch], norm, result)
+        digest, size = write_weights(model, out, FILES[arch], settings, norm, result["heldout_identity_top1"])
         entry = {
             "file": FILES[arch],
             "key": keys[arch],
             "settings": settings,
             "sha256": digest,
             "bytes": size,
-            "input_channels": "BGR" if arch == "resnet50" else "RGB",
+            "input_channels": INPUT_CHANNELS[arch],
             "norm_mean_rgb": norm[0],
             "norm_std_rgb": norm[1],
             **result,
